@@ -1,0 +1,12 @@
+//! What slotmux knows about the Redis Cluster: slots, the slot table and how it is refreshed.
+//!
+//! Owns: `key_slot`, the immutable [`topology::Topology`] snapshot behind an `ArcSwap`, and the
+//! refresh task. Must not: send client traffic (that is `upstream`'s job).
+
+pub mod refresh;
+pub mod slot;
+pub mod topology;
+
+pub use refresh::Cluster;
+pub use slot::key_slot;
+pub use topology::Topology;

@@ -1,0 +1,243 @@
+//! Keeping the slot table current: at start (retrying until some seed answers), periodically,
+//! after a MOVED, and after a backend connection failure; debounced so a storm of MOVEDs or
+//! failures costs one refresh per `min_interval`.
+//!
+//! Owns: [`Cluster`], the shared handle to the current topology snapshot, the node registry
+//! and the refresh task. Seeds are re-resolved through DNS on every refresh, so a Kubernetes
+//! Service name keeps working as pods come and go.
+//! Must not: block the hot path: readers only `load()` the snapshot.
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+use super::topology::{parse_cluster_slots, Topology};
+use crate::resp::write::Proto;
+use crate::upstream::conn::{connect, encode_command, read_replies};
+use crate::upstream::{Node, Registry};
+
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    pub interval: Duration,
+    pub min_interval: Duration,
+}
+
+/// Counters the metrics and INFO read.
+#[derive(Debug, Default)]
+pub struct RefreshStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub moved_patches: AtomicU64,
+}
+
+pub struct Cluster {
+    topo: Arc<ArcSwap<Topology>>,
+    pub registry: Registry,
+    seeds: Vec<String>,
+    settings: RefreshSettings,
+    wake: Notify,
+    generation: AtomicU64,
+    pub stats: RefreshStats,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Cluster {
+    pub fn new(seeds: Vec<String>, registry: Registry, settings: RefreshSettings) -> Arc<Self> {
+        let cluster = Arc::new(Cluster {
+            topo: Arc::new(ArcSwap::from_pointee(Topology::empty())),
+            registry,
+            seeds,
+            settings,
+            wake: Notify::new(),
+            generation: AtomicU64::new(0),
+            stats: RefreshStats::default(),
+            last_error: Mutex::new(None),
+        });
+        let weak: Weak<Cluster> = Arc::downgrade(&cluster);
+        cluster
+            .registry
+            .set_failure_hook(Arc::new(move |_addr: &str| {
+                if let Some(c) = weak.upgrade() {
+                    c.request_refresh();
+                }
+            }));
+        cluster
+    }
+
+    /// The snapshot cell; sessions keep an `arc_swap::Cache` over it.
+    pub fn cell(&self) -> Arc<ArcSwap<Topology>> {
+        self.topo.clone()
+    }
+
+    pub fn snapshot(&self) -> Arc<Topology> {
+        self.topo.load_full()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Asks for a refresh soon (debounced). Cheap; callable from any task.
+    pub fn request_refresh(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Records a MOVED: patches that one slot right away, so the next request goes straight
+    /// to the new owner, and asks for a full refresh. Returns the new owner.
+    pub fn note_moved(&self, slot: u16, addr: &str) -> Arc<Node> {
+        let node = self.registry.get_or_create(addr);
+        let current = self.topo.load();
+        let already = current
+            .master_for(slot)
+            .is_some_and(|m| Arc::ptr_eq(m, &node));
+        if !already {
+            self.topo.rcu(|t| Arc::new(t.with_slot(slot, node.clone())));
+            self.stats.moved_patches.fetch_add(1, Ordering::Relaxed);
+        }
+        self.request_refresh();
+        node
+    }
+
+    /// Runs the refresh loop until the process ends.
+    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.refresh_loop().await })
+    }
+
+    async fn refresh_loop(self: Arc<Self>) {
+        let mut last = Instant::now() - self.settings.min_interval;
+        let mut startup_delay = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            if !first {
+                let wait = if self.topo.load().is_empty() {
+                    startup_delay = (startup_delay * 2).min(Duration::from_secs(2));
+                    startup_delay
+                } else {
+                    self.settings.interval
+                };
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                let since = last.elapsed();
+                if since < self.settings.min_interval {
+                    tokio::time::sleep(self.settings.min_interval - since).await;
+                }
+            }
+            first = false;
+            last = Instant::now();
+            if let Err(e) = self.refresh_now().await {
+                tracing::warn!(error = %e, "topology refresh failed");
+            }
+        }
+    }
+
+    /// Candidate addresses to ask: every known node first, then the seeds, freshly resolved.
+    async fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let topo = self.topo.load();
+        for (i, m) in topo.masters.iter().enumerate() {
+            out.push(m.addr.to_string());
+            out.extend(topo.replicas.get(i).into_iter().flatten().cloned());
+        }
+        for seed in &self.seeds {
+            match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(addrs) => out.extend(addrs.map(|a| a.to_string())),
+                Err(e) => tracing::debug!(seed = %seed, error = %e, "seed does not resolve"),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|a| seen.insert(a.clone()));
+        out
+    }
+
+    /// Fetches `CLUSTER SLOTS` from the first node that answers with full coverage (or the
+    /// best partial view if none has it) and swaps it in.
+    pub async fn refresh_now(&self) -> Result<(), String> {
+        let mut best: Option<(Vec<super::topology::SlotRange>, String, usize)> = None;
+        let mut errors = Vec::new();
+        for addr in self.candidates().await {
+            match self.ask(&addr).await {
+                Ok(ranges) => {
+                    let covered: usize =
+                        ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
+                    let better = best.as_ref().is_none_or(|b| covered > b.2);
+                    if better {
+                        best = Some((ranges, addr, covered));
+                    }
+                    if covered >= super::slot::SLOTS {
+                        break;
+                    }
+                }
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        let Some((ranges, source, covered)) = best else {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            let msg = if errors.is_empty() {
+                "no seed resolves to an address".to_string()
+            } else {
+                errors.join("; ")
+            };
+            if let Ok(mut e) = self.last_error.lock() {
+                *e = Some(msg.clone());
+            }
+            return Err(msg);
+        };
+        let gen = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let fresh = Topology::build(&ranges, &self.registry, source.clone(), gen);
+        let old = self.topo.load();
+        if old.ranges() != fresh.ranges() || old.masters.len() != fresh.masters.len() {
+            tracing::info!(
+                source = %source,
+                masters = fresh.masters.len(),
+                covered,
+                "topology changed: {}",
+                describe(&fresh)
+            );
+        }
+        let mut keep = fresh.masters.clone();
+        keep.extend(old.masters.iter().cloned());
+        self.topo.store(Arc::new(fresh));
+        // Nodes that left both the old and the new map are forgotten.
+        self.registry.retain(&keep);
+        self.stats.ok.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+        Ok(())
+    }
+
+    async fn ask(&self, addr: &str) -> Result<Vec<super::topology::SlotRange>, String> {
+        let settings = self.registry.settings();
+        let mut stream = connect(addr, Proto::Resp2, settings).await?;
+        let mut req = BytesMut::new();
+        encode_command(&mut req, &[b"CLUSTER", b"SLOTS"]);
+        let reply = tokio::time::timeout(settings.reply_timeout, async {
+            stream.write_all(&req).await?;
+            read_replies(&mut stream, 1).await
+        })
+        .await
+        .map_err(|_| "CLUSTER SLOTS timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let (frame, _) = redis_protocol::resp2::decode::decode(&reply[0])
+            .map_err(|e| e.to_string())?
+            .ok_or("incomplete CLUSTER SLOTS reply")?;
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        parse_cluster_slots(&frame, host)
+    }
+}
+
+fn describe(t: &Topology) -> String {
+    t.ranges()
+        .iter()
+        .map(|(a, b, m)| format!("{a}-{b}@{}", t.masters[*m].addr))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

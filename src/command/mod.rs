@@ -1,0 +1,341 @@
+//! The command table and how slotmux handles each command.
+//!
+//! Owns: case-insensitive lookup with no allocation ([`lookup`]), the routing policy of every
+//! command with the reason for it ([`policy`]), and finding a command's slot from its keys.
+//! The per-command data (arity, flags, key specs) is generated from a live Redis 7.0 into
+//! [`table`] and checked against `COMMAND INFO` by a test, so it cannot drift.
+//! Must not: do I/O or know about sessions.
+
+pub mod keys;
+pub mod table;
+
+use crate::cluster::key_slot;
+pub use table::CommandSpec;
+
+fn cmp_ci(name: &str, probe: &[u8]) -> std::cmp::Ordering {
+    let a = name.as_bytes();
+    for (x, y) in a.iter().zip(probe) {
+        let y = y.to_ascii_lowercase();
+        match x.cmp(&y) {
+            std::cmp::Ordering::Equal => continue,
+            o => return o,
+        }
+    }
+    a.len().cmp(&probe.len())
+}
+
+fn find(list: &'static [CommandSpec], name: &[u8], prefix: &str) -> Option<&'static CommandSpec> {
+    list.binary_search_by(|c| {
+        let n = c.name.strip_prefix(prefix).unwrap_or(c.name);
+        cmp_ci(n, name)
+    })
+    .ok()
+    .map(|i| &list[i])
+}
+
+/// Looks up a top-level command by name, in any letter case, without allocating.
+pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    find(table::COMMANDS, name, "")
+}
+
+/// Looks up `sub` among `parent`'s subcommands (stored as "parent|sub").
+pub fn lookup_sub(parent: &'static CommandSpec, sub: &[u8]) -> Option<&'static CommandSpec> {
+    let prefix_len = parent.name.len() + 1;
+    parent
+        .subcommands
+        .binary_search_by(|c| cmp_ci(&c.name[prefix_len.min(c.name.len())..], sub))
+        .ok()
+        .map(|i| &parent.subcommands[i])
+}
+
+/// Whether `argc` arguments (command name included) satisfy the command's arity.
+pub fn arity_ok(spec: &CommandSpec, argc: usize) -> bool {
+    let a = spec.arity;
+    if a >= 0 {
+        argc == a as usize
+    } else {
+        argc >= a.unsigned_abs() as usize
+    }
+}
+
+pub fn is_readonly(spec: &CommandSpec) -> bool {
+    spec.flags & table::F_READONLY != 0 && spec.flags & table::F_WRITE == 0
+}
+
+/// Commands slotmux answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Ping,
+    Echo,
+    Quit,
+    Select,
+    Hello,
+    Auth,
+    Reset,
+    ClientSetName,
+    ClientGetName,
+    ClientId,
+    ClientInfo,
+    ClientOk,
+    ReadOnlyWrite,
+    ClusterKeySlot,
+    Info,
+}
+
+/// How slotmux handles a command, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Sent to the master of its keys' slot; keys in several slots get CROSSSLOT.
+    Keyed,
+    /// Keyless and answered the same by every master: sent to any one.
+    AnyMaster,
+    /// Answered by slotmux itself.
+    Local(Local),
+    /// Keyed, but blocking only with a BLOCK argument (XREAD/XREADGROUP): refused with it.
+    KeyedUnlessBlock,
+    /// Not available through slotmux (yet); the text says why.
+    Refused(&'static str),
+}
+
+const WHOLE_CLUSTER: &str =
+    "needs to run on every master and merge the results, which slotmux does not do yet";
+const BLOCKING: &str =
+    "is a blocking command; slotmux does not give blocking commands a dedicated connection yet";
+const PUBSUB: &str = "is pub/sub; slotmux does not support pub/sub yet";
+const TRANSACTION: &str =
+    "is a transaction command; slotmux does not pin transactions to a node yet";
+const ADMIN: &str =
+    "administers one node; it would break the single-Redis illusion through a proxy";
+const CONN_STATE: &str =
+    "changes per-connection server state that slotmux's shared backend connections cannot carry";
+
+/// The policy for one (sub)command by its full name, and the default rules for the rest.
+pub fn policy(spec: &CommandSpec) -> Handling {
+    use Handling::*;
+    match spec.name {
+        "ping" => Local(self::Local::Ping),
+        "echo" => Local(self::Local::Echo),
+        "quit" => Local(self::Local::Quit),
+        "select" => Local(self::Local::Select),
+        "hello" => Local(self::Local::Hello),
+        "auth" => Local(self::Local::Auth),
+        "reset" => Local(self::Local::Reset),
+        "client|setname" => Local(self::Local::ClientSetName),
+        "client|getname" => Local(self::Local::ClientGetName),
+        "client|id" => Local(self::Local::ClientId),
+        "client|info" => Local(self::Local::ClientInfo),
+        "client|no-evict" => Local(self::Local::ClientOk),
+        "readonly" | "readwrite" => Local(self::Local::ReadOnlyWrite),
+        "cluster|keyslot" => Local(self::Local::ClusterKeySlot),
+        "info" => Local(self::Local::Info),
+        "xread" | "xreadgroup" => KeyedUnlessBlock,
+        "command"
+        | "command|count"
+        | "command|docs"
+        | "command|getkeys"
+        | "command|getkeysandflags"
+        | "command|info"
+        | "command|list"
+        | "command|help" => AnyMaster,
+        "cluster|info" | "cluster|slots" | "cluster|shards" | "cluster|nodes" | "cluster|myid"
+        | "cluster|help" => AnyMaster,
+        "config|get" | "config|help" => AnyMaster,
+        "time" | "lolwut" => AnyMaster,
+        "script|exists" | "function|list" | "function|dump" | "function|stats" => AnyMaster,
+        // Scripts without keys may run on any master; with keys they follow them (see route).
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Keyed,
+        "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "script|load"
+        | "script|flush" | "function|load" | "function|delete" | "function|flush"
+        | "function|restore" | "config|set" | "config|resetstat" | "lastsave" => {
+            Refused(WHOLE_CLUSTER)
+        }
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => Refused(TRANSACTION),
+        "monitor" | "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover"
+        | "replicaof" | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move"
+        | "migrate" | "module" | "wait" | "asking" => Refused(ADMIN),
+        "client|reply"
+        | "client|tracking"
+        | "client|caching"
+        | "client|getredir"
+        | "client|trackinginfo"
+        | "client|pause"
+        | "client|unpause"
+        | "client|kill"
+        | "client|list"
+        | "client|unblock" => Refused(CONN_STATE),
+        n if n.starts_with("cluster|") => Refused(ADMIN),
+        _ => default_policy(spec),
+    }
+}
+
+fn default_policy(spec: &CommandSpec) -> Handling {
+    if spec.flags & table::F_PUBSUB != 0 {
+        return Handling::Refused(PUBSUB);
+    }
+    if spec.flags & table::F_BLOCKING != 0 {
+        return Handling::Refused(BLOCKING);
+    }
+    if spec.acl & table::A_TRANSACTION != 0 {
+        return Handling::Refused(TRANSACTION);
+    }
+    if !spec.key_specs.is_empty() {
+        return Handling::Keyed;
+    }
+    if spec.flags & table::F_ADMIN != 0 || spec.acl & table::A_DANGEROUS != 0 {
+        return Handling::Refused(ADMIN);
+    }
+    Handling::Refused(WHOLE_CLUSTER)
+}
+
+/// Argument access without building a vector: a frame plus the scanner's ranges.
+#[derive(Clone, Copy)]
+pub struct Args<'a> {
+    pub frame: &'a [u8],
+    pub ranges: &'a [(usize, usize)],
+}
+
+impl<'a> Args<'a> {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        self.ranges.get(i).map(|&(a, b)| &self.frame[a..b])
+    }
+}
+
+/// Where a keyed command must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotOf {
+    /// No keys (e.g. EVAL with numkeys 0): any master will do.
+    NoKeys,
+    One(u16),
+    CrossSlot,
+    /// The arguments do not fit the key spec; the node will produce Redis's exact error.
+    BadArgs,
+}
+
+/// The common slot of all keys of a command.
+pub fn slot_of(spec: &CommandSpec, args: Args<'_>) -> SlotOf {
+    // Key extraction takes a slice of arguments; small commands build it on the stack.
+    const STACK: usize = 16;
+    let mut small: [&[u8]; STACK] = [&[]; STACK];
+    let heap: Vec<&[u8]>;
+    let list: &[&[u8]] = if args.len() <= STACK {
+        for (i, slot) in small.iter_mut().enumerate().take(args.len()) {
+            *slot = args.get(i).unwrap_or_default();
+        }
+        &small[..args.len()]
+    } else {
+        heap = (0..args.len())
+            .map(|i| args.get(i).unwrap_or_default())
+            .collect();
+        &heap
+    };
+    let mut slot: Option<u16> = None;
+    let mut cross = false;
+    let res = keys::for_each_key(spec, list, |i, _flags| {
+        if let Some(k) = args.get(i) {
+            let s = key_slot(k);
+            match slot {
+                None => slot = Some(s),
+                Some(prev) if prev != s => cross = true,
+                _ => {}
+            }
+        }
+    });
+    match (res, slot, cross) {
+        (Err(_), _, _) => SlotOf::BadArgs,
+        (_, _, true) => SlotOf::CrossSlot,
+        (_, Some(s), false) => SlotOf::One(s),
+        (_, None, _) => SlotOf::NoKeys,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_any_case() {
+        assert_eq!(lookup(b"GET").unwrap().name, "get");
+        assert_eq!(lookup(b"gEt").unwrap().name, "get");
+        assert!(lookup(b"getx").is_none());
+        assert!(lookup(b"").is_none());
+        let cfg = lookup(b"config").unwrap();
+        assert_eq!(lookup_sub(cfg, b"GET").unwrap().name, "config|get");
+        assert!(lookup_sub(cfg, b"nope").is_none());
+    }
+
+    #[test]
+    fn table_is_sorted_for_binary_search() {
+        for w in table::COMMANDS.windows(2) {
+            assert!(w[0].name < w[1].name, "{} !< {}", w[0].name, w[1].name);
+        }
+        for c in table::COMMANDS {
+            for w in c.subcommands.windows(2) {
+                assert!(w[0].name < w[1].name);
+            }
+        }
+    }
+
+    fn args_of(parts: &[&str]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut frame = Vec::new();
+        let mut ranges = Vec::new();
+        for p in parts {
+            let s = frame.len();
+            frame.extend_from_slice(p.as_bytes());
+            ranges.push((s, frame.len()));
+        }
+        (frame, ranges)
+    }
+
+    #[test]
+    fn slots_of_commands() {
+        let check = |parts: &[&str]| {
+            let (f, r) = args_of(parts);
+            let spec = lookup(parts[0].as_bytes()).unwrap();
+            slot_of(
+                spec,
+                Args {
+                    frame: &f,
+                    ranges: &r,
+                },
+            )
+        };
+        assert_eq!(check(&["GET", "foo"]), SlotOf::One(12182));
+        assert_eq!(
+            check(&["MGET", "{a}1", "{a}2"]),
+            SlotOf::One(key_slot(b"a"))
+        );
+        assert_eq!(check(&["MGET", "foo", "bar"]), SlotOf::CrossSlot);
+        assert_eq!(check(&["EVAL", "return 1", "0"]), SlotOf::NoKeys);
+        assert_eq!(check(&["EVAL", "return 1", "1", "foo"]), SlotOf::One(12182));
+        assert_eq!(check(&["EVAL", "return 1", "5", "foo"]), SlotOf::BadArgs);
+        assert_eq!(check(&["MSET", "foo", "1", "bar", "2"]), SlotOf::CrossSlot);
+    }
+
+    #[test]
+    fn every_command_has_a_policy() {
+        for c in table::COMMANDS {
+            let _ = policy(c);
+            for s in c.subcommands {
+                let _ = policy(s);
+            }
+        }
+        assert_eq!(policy(lookup(b"get").unwrap()), Handling::Keyed);
+        assert!(matches!(
+            policy(lookup(b"blpop").unwrap()),
+            Handling::Refused(_)
+        ));
+        assert!(matches!(
+            policy(lookup(b"subscribe").unwrap()),
+            Handling::Refused(_)
+        ));
+    }
+}

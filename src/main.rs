@@ -1,0 +1,77 @@
+//! The `slotmux` binary: parse the configuration, set up logging, run until a signal.
+
+use clap::Parser;
+use slotmux::Config;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = config.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slotmux: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+                return 1;
+            }
+        };
+        tracing::info!(
+            listen = %config.listen,
+            seeds = ?config.seeds,
+            metrics = %config.metrics_listen,
+            backend_connections = config.backend_connections,
+            backend_timeout = ?config.backend_timeout,
+            retry_budget = ?config.retry_budget,
+            maxclients = config.maxclients,
+            requirepass = config.requirepass.is_some(),
+            "slotmux {} starting",
+            env!("CARGO_PKG_VERSION")
+        );
+        let shared = slotmux::Shared::start(config.clone());
+        if config.metrics_listen != "off" {
+            match tokio::net::TcpListener::bind(&config.metrics_listen).await {
+                Ok(l) => {
+                    tokio::spawn(slotmux::metrics::serve(l, shared.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(listen = %config.metrics_listen, error = %e, "cannot listen for metrics");
+                    return 1;
+                }
+            }
+        }
+        slotmux::serve(listener, shared, shutdown_signal()).await;
+        0
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}

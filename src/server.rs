@@ -1,0 +1,191 @@
+//! Accepting clients: the listener loop, the client limit, and graceful shutdown.
+//!
+//! Owns: [`Shared`] (the state every session sees), [`run`]/[`serve`] (bind-agnostic, so tests
+//! pass a listener on port 0 and a shutdown future), the `maxclients` refusal with Redis's own
+//! error, and draining: on shutdown stop accepting, let sessions finish their in-flight
+//! commands within the drain timeout, then return.
+//! Must not: parse client bytes (the session does).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cluster::refresh::RefreshSettings;
+use crate::cluster::{Cluster, Topology};
+use crate::config::Config;
+use crate::session::Session;
+use crate::upstream::conn::ConnSettings;
+use crate::upstream::Registry;
+
+/// Counters for INFO and metrics (cold events only: nothing here is touched per request).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub rejected_maxclients: AtomicU64,
+    pub moved: AtomicU64,
+    pub ask: AtomicU64,
+    pub retries: AtomicU64,
+    pub unknown_outcome: AtomicU64,
+}
+
+/// State shared by every session.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub cluster: Arc<Cluster>,
+    pub next_client_id: AtomicU64,
+    pub clients: AtomicUsize,
+    pub stats: Stats,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Builds the shared state and starts the topology refresher (needs a Tokio runtime).
+    pub fn start(config: Config) -> Arc<Shared> {
+        let registry = Registry::new(
+            config.backend_connections as usize,
+            ConnSettings {
+                connect_timeout: config.connect_timeout,
+                reply_timeout: config.backend_timeout,
+                user: config.backend_user.clone(),
+                password: config.backend_password.clone(),
+            },
+        );
+        let cluster = Cluster::new(
+            config.seeds.clone(),
+            registry,
+            RefreshSettings {
+                interval: config.refresh_interval,
+                min_interval: config.refresh_min_interval,
+            },
+        );
+        cluster.spawn_refresher();
+        Arc::new(Shared {
+            config: Arc::new(config),
+            cluster,
+            next_client_id: AtomicU64::new(0),
+            clients: AtomicUsize::new(0),
+            stats: Stats::default(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Ready = every slot has a master and no master is in connect backoff.
+    pub fn readiness(&self) -> Result<(), String> {
+        let t = self.cluster.snapshot();
+        if t.is_empty() {
+            return Err(format!(
+                "no topology yet: {}",
+                self.cluster
+                    .last_error()
+                    .unwrap_or_else(|| "first refresh pending".into())
+            ));
+        }
+        let covered = t.covered_slots();
+        if covered < crate::cluster::slot::SLOTS {
+            return Err(format!("only {covered} of 16384 slots have a master"));
+        }
+        let down: Vec<_> = t
+            .masters
+            .iter()
+            .filter(|m| m.health().failures() > 0)
+            .map(|m| m.addr.to_string())
+            .collect();
+        if !down.is_empty() {
+            return Err(format!("masters unreachable: {}", down.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+/// Runs slotmux on `listener` until `shutdown` resolves, then drains.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let shared = Shared::start(config);
+    serve(listener, shared, shutdown).await
+}
+
+/// Serves clients with already-built shared state (tests use this to inspect it).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (mut stream, peer) = match accepted {
+                    Ok(x) => { backoff = Duration::from_millis(5); x }
+                    Err(e) => {
+                        // EMFILE and friends: wait and keep going, never give up the listener.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let n = shared.clients.fetch_add(1, Ordering::AcqRel);
+                if n >= shared.config.maxclients {
+                    shared.clients.fetch_sub(1, Ordering::AcqRel);
+                    shared.stats.rejected_maxclients.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                    });
+                    continue;
+                }
+                let sh = shared.clone();
+                let rx = stop_rx.clone();
+                tokio::spawn(async move {
+                    Session::run(sh.clone(), stream, peer, rx).await;
+                    sh.clients.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + shared.config.drain_timeout;
+    while shared.clients.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.clients.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(clients = left, "drain timeout: closing remaining clients");
+    } else {
+        tracing::info!("drained all clients");
+    }
+}
+
+/// The text of slotmux's INFO (Redis's format: `# Section` then `key:value` lines).
+pub fn info_text(shared: &Shared, topo: &Topology) -> String {
+    let up = shared.started.elapsed().as_secs();
+    let s = &shared.stats;
+    let replicas: usize = topo.replicas.iter().map(|r| r.len()).sum();
+    format!(
+        "# Server\r\nredis_version:{}\r\nslotmux_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n\r\n\
+         # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n\
+         # Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nslotmux_moved_redirections:{}\r\nslotmux_ask_redirections:{}\r\nslotmux_retries:{}\r\nslotmux_unknown_outcome_errors:{}\r\n\r\n\
+         # Cluster\r\ncluster_enabled:0\r\nslotmux_masters:{}\r\nslotmux_replicas:{}\r\nslotmux_slots_covered:{}\r\nslotmux_topology_source:{}\r\nslotmux_topology_age_seconds:{}\r\n",
+        crate::REDIS_VERSION,
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        up,
+        up / 86400,
+        shared.clients.load(Ordering::Relaxed),
+        shared.config.maxclients,
+        s.accepted.load(Ordering::Relaxed),
+        s.rejected_maxclients.load(Ordering::Relaxed),
+        s.moved.load(Ordering::Relaxed),
+        s.ask.load(Ordering::Relaxed),
+        s.retries.load(Ordering::Relaxed),
+        s.unknown_outcome.load(Ordering::Relaxed),
+        topo.masters.len(),
+        replicas,
+        topo.covered_slots(),
+        topo.source.as_deref().unwrap_or("-"),
+        topo.fetched_at.elapsed().as_secs(),
+    )
+}
