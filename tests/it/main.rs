@@ -1,0 +1,17 @@
+//! Integration tests against a real 6-node Redis Cluster (started once for this binary) with
+//! plain, non-cluster clients: the `redis` crate, raw sockets and redis-cli.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod basic;
+mod redirects;
+mod resp3;
+
+use std::sync::OnceLock;
+use support::RedisCluster;
+
+pub fn cluster() -> &'static RedisCluster {
+    static C: OnceLock<RedisCluster> = OnceLock::new();
+    C.get_or_init(|| RedisCluster::start("it"))
+}

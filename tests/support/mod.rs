@@ -1,0 +1,488 @@
+//! Test support shared by the integration-test binaries: a real Redis Cluster made of
+//! `redis-server` processes on free loopback ports (started once per test binary), and an
+//! in-process slotmux in front of it.
+//!
+//! Every redis-server is spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so the
+//! processes die with the test binary even if it is killed; the data directory is removed at
+//! exit.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use slotmux::{Config, Shared};
+
+/// One redis-server process of the cluster.
+pub struct NodeProc {
+    pub port: u16,
+    pub child: Option<Child>,
+}
+
+pub struct RedisCluster {
+    pub dir: PathBuf,
+    pub nodes: Mutex<Vec<NodeProc>>,
+    pub ports: Vec<u16>,
+}
+
+type SpawnReq = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns processes from a thread that lives as long as the test binary, so that
+/// PR_SET_PDEATHSIG (tied to the spawning thread) fires only when the binary exits.
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnReq>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnReq>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnReq>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(cmd.spawn());
+            }
+            // Keep the thread (and so the children's death signal) alive until exit.
+            loop {
+                std::thread::park();
+            }
+        });
+        Mutex::new(tx)
+    })
+}
+
+pub fn spawn(cmd: Command) -> Child {
+    let (tx, rx) = mpsc::channel();
+    spawner().lock().unwrap().send((cmd, tx)).unwrap();
+    rx.recv().unwrap().expect("spawn process")
+}
+
+/// A loopback port that is free, and whose cluster bus port (+10000) is free too.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port > 55000 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+extern "C" fn remove_dirs() {
+    if let Some(dirs) = DIRS.get() {
+        for d in dirs.lock().map(|d| d.clone()).unwrap_or_default() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+static DIRS: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("slotmux-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = DIRS.get().is_none();
+    DIRS.get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap()
+        .push(dir.clone());
+    if first {
+        unsafe {
+            libc::atexit(remove_dirs);
+        }
+    }
+    dir
+}
+
+pub fn redis_server_cmd(dir: &Path, port: u16, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--daemonize",
+        "no",
+    ])
+    .args(["--dir", dir.to_str().unwrap()])
+    .args(["--save", "", "--appendonly", "no"])
+    .args(["--logfile", &format!("redis-{port}.log")])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
+/// Sends one command on a fresh connection and returns the raw reply (cold path for tests).
+pub fn raw_cmd(port: u16, args: &[&str]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&encode(args)).unwrap();
+    read_reply_string(&mut s)
+}
+
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{}\r\n", a.len(), a).as_bytes());
+    }
+    out
+}
+
+/// Reads one complete reply using slotmux's own reply scanner.
+pub fn read_reply(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut scanner = slotmux::resp::reply::ReplyScanner::new();
+    // One byte at a time, so pipelined replies after this one stay in the socket.
+    let mut byte = [0u8; 1];
+    loop {
+        if let Some(n) = scanner.scan(&buf).expect("valid reply") {
+            assert_eq!(n, buf.len());
+            return buf;
+        }
+        let n = s.read(&mut byte).expect("read reply");
+        assert!(n > 0, "connection closed while waiting for a reply");
+        buf.push(byte[0]);
+    }
+}
+
+pub fn read_reply_string(s: &mut TcpStream) -> String {
+    String::from_utf8_lossy(&read_reply(s)).into_owned()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn try_cmd(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(&encode(args)).ok()?;
+    let mut buf = Vec::new();
+    let mut scanner = slotmux::resp::reply::ReplyScanner::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Ok(Some(_)) = scanner.scan(&buf) {
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl RedisCluster {
+    /// Starts six nodes and forms 3 masters + 3 replicas.
+    pub fn start(tag: &str) -> RedisCluster {
+        let dir = temp_dir(tag);
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            let child = spawn(Self::node_cmd(&dir, port));
+            nodes.push(NodeProc {
+                port,
+                child: Some(child),
+            });
+        }
+        for &port in &ports {
+            wait_until(
+                "redis-server to answer PING",
+                Duration::from_secs(10),
+                || try_cmd(port, &["PING"]).is_some_and(|r| r.starts_with("+PONG")),
+            );
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster {
+            dir,
+            nodes: Mutex::new(nodes),
+            ports,
+        };
+        c.wait_healthy();
+        c
+    }
+
+    pub fn node_cmd(dir: &Path, port: u16) -> Command {
+        redis_server_cmd(
+            dir,
+            port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ],
+        )
+    }
+
+    /// Waits until every live node says cluster_state:ok and sees 3 masters with a replica each.
+    pub fn wait_healthy(&self) {
+        let ports = self.live_ports();
+        wait_until("a healthy cluster", Duration::from_secs(30), || {
+            ports.iter().all(|&p| {
+                try_cmd(p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                    && try_cmd(p, &["CLUSTER", "NODES"]).is_some_and(|n| {
+                        let masters = n
+                            .lines()
+                            .filter(|l| l.contains("master") && !l.contains("fail"))
+                            .filter(|l| l.split(' ').count() > 8)
+                            .count();
+                        let replicas = n
+                            .lines()
+                            .filter(|l| l.contains("slave") && !l.contains("fail"))
+                            .count();
+                        masters == 3 && replicas == 3
+                    })
+            })
+        });
+    }
+
+    pub fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .take(2)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// (port, node id, slots) of each master, from CLUSTER NODES of a live node.
+    pub fn masters(&self) -> Vec<(u16, String, String)> {
+        let port = self.live_ports()[0];
+        let nodes = raw_cmd(port, &["CLUSTER", "NODES"]);
+        let mut out = Vec::new();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() >= 8 && f[2].contains("master") && !f[2].contains("fail") {
+                let p: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                out.push((
+                    p,
+                    f[0].trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                        .to_string(),
+                    f[8..].join(" "),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The port of the master that owns `slot`.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let port = self.live_ports()[0];
+        let slots = raw_cmd(port, &["CLUSTER", "SHARDS"]);
+        let _ = slots;
+        for (p, _, ranges) in self.masters() {
+            for r in ranges.split(' ') {
+                if r.starts_with('[') {
+                    continue;
+                }
+                let (a, b) = match r.split_once('-') {
+                    Some((a, b)) => (a.parse::<u16>().unwrap(), b.parse::<u16>().unwrap()),
+                    None => match r.parse::<u16>() {
+                        Ok(x) => (x, x),
+                        Err(_) => continue,
+                    },
+                };
+                if (a..=b).contains(&slot) {
+                    return p;
+                }
+            }
+        }
+        panic!("no owner for slot {slot}");
+    }
+
+    pub fn node_id(&self, port: u16) -> String {
+        raw_cmd(port, &["CLUSTER", "MYID"])
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+
+    /// Kills a node with SIGKILL.
+    pub fn kill(&self, port: u16) {
+        let mut nodes = self.nodes.lock().unwrap();
+        let n = nodes.iter_mut().find(|n| n.port == port).unwrap();
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed node again from its nodes.conf.
+    pub fn restart(&self, port: u16) {
+        let child = spawn(Self::node_cmd(&self.dir, port));
+        let mut nodes = self.nodes.lock().unwrap();
+        nodes.iter_mut().find(|n| n.port == port).unwrap().child = Some(child);
+        drop(nodes);
+        wait_until("restarted node to answer", Duration::from_secs(10), || {
+            try_cmd(port, &["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+        });
+    }
+
+    pub fn pid(&self, port: u16) -> u32 {
+        self.nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref())
+            .map(|c| c.id())
+            .unwrap()
+    }
+}
+
+/// An in-process slotmux on a free port, with its own runtime thread. Dropping it shuts it
+/// down and waits for the drain.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(config: Config) -> Proxy {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let shared = Shared::start(config);
+                ready_tx.send((addr, shared.clone())).unwrap();
+                slotmux::serve(listener, shared, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        let (addr, shared) = ready_rx.recv().unwrap();
+        Proxy {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts slotmux for `cluster` and waits until it is ready (full slot map).
+    pub fn for_cluster(cluster: &RedisCluster) -> Proxy {
+        Self::with_config(cluster, |_| {})
+    }
+
+    pub fn with_config(cluster: &RedisCluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let mut cfg = Config::for_seeds(&cluster.seeds());
+        tweak(&mut cfg);
+        let p = Proxy::start(cfg);
+        p.wait_ready();
+        p
+    }
+
+    pub fn wait_ready(&self) {
+        wait_until("slotmux to be ready", Duration::from_secs(20), || {
+            self.shared.readiness().is_ok()
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        let con = client.get_connection().unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        con
+    }
+
+    pub fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A key that hashes to `slot` (brute force over a counter; cached per slot is unnecessary).
+pub fn key_for_slot(slot: u16, prefix: &str) -> String {
+    (0u64..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| slotmux::cluster::key_slot(k.as_bytes()) == slot)
+        .unwrap()
+}
+
+/// One key per slot for all 16384 slots, as hashtags: `{tag}` where tag hashes to the slot.
+pub fn keys_for_every_slot() -> Vec<String> {
+    let mut tags: Vec<Option<String>> = vec![None; 16384];
+    let mut left = 16384;
+    let mut i = 0u64;
+    while left > 0 {
+        let t = format!("t{i}");
+        let s = slotmux::cluster::key_slot(t.as_bytes()) as usize;
+        if tags[s].is_none() {
+            tags[s] = Some(t);
+            left -= 1;
+        }
+        i += 1;
+    }
+    tags.into_iter()
+        .map(|t| format!("{{{}}}:k", t.unwrap()))
+        .collect()
+}
