@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs slotmux's whole test suite: formatting, lints, unit tests, integration tests against
+# real Redis Clusters, and the deploy/ checks. Installs what is missing (as root: redis-server
+# with apt-get, the Python redis client with pip).
+#   scripts/test.sh            everything
+#   QUICK=1 scripts/test.sh    skip the deploy/ simulation
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+ensure_redis
+ensure_cargo
+
+# redis-py with its default settings (RESP3 via HELLO 3) is one of the clients we test.
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  if command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install -q redis >/dev/null 2>&1 || echo "warning: pip install redis failed; the redis-py test will be skipped" >&2
+  fi
+fi
+if python3 -c 'import redis' >/dev/null 2>&1; then
+  export SLOTMUX_REQUIRE_PY=1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets 2>&1
+if [ -x deploy/validate.sh ]; then
+  echo "== deploy/validate.sh"
+  deploy/validate.sh
+fi
+if [ -z "${QUICK:-}" ] && [ -x deploy/test/netns-sim.sh ]; then
+  echo "== deploy/test/netns-sim.sh"
+  cargo build --quiet --bin slotmux
+  SLOTMUX_BIN="$PWD/target/debug/slotmux" deploy/test/netns-sim.sh
+fi
+echo "== all tests passed"
