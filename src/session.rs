@@ -559,7 +559,7 @@ impl Session {
                 self.reply_local(|o, _| write::integer(o, slot));
             }
             Local::Info => {
-                let text = crate::server::info_text(&self.shared, &self.topo.load());
+                let text = crate::server::info_text(&self.shared, self.topo.load());
                 self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()));
             }
         }

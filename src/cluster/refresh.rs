@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-use super::topology::{parse_cluster_slots, Topology};
+use super::topology::{parse_cluster_slots, SlotRange, Topology};
 use crate::resp::write::Proto;
 use crate::upstream::conn::{connect, encode_command, read_replies};
 use crate::upstream::{Node, Registry};
@@ -156,28 +156,56 @@ impl Cluster {
         out
     }
 
-    /// Fetches `CLUSTER SLOTS` from the first node that answers with full coverage (or the
-    /// best partial view if none has it) and swaps it in.
-    pub async fn refresh_now(&self) -> Result<(), String> {
-        let mut best: Option<(Vec<super::topology::SlotRange>, String, usize)> = None;
-        let mut errors = Vec::new();
+    /// Asks every candidate for `CLUSTER SLOTS` at once (so one hung node costs nothing) and
+    /// swaps in the best view: full coverage first, then the fewest masters that slotmux
+    /// currently cannot reach (a node that has not yet noticed a failover still names the dead
+    /// master), then the view most nodes agree on.
+    pub async fn refresh_now(self: &Arc<Self>) -> Result<(), String> {
+        let mut asks = tokio::task::JoinSet::new();
         for addr in self.candidates().await {
-            match self.ask(&addr).await {
-                Ok(ranges) => {
+            let me = self.clone();
+            asks.spawn(async move {
+                let r = me.ask(&addr).await;
+                (addr, r)
+            });
+        }
+        let mut views: Vec<(Vec<SlotRange>, String)> = Vec::new();
+        let mut errors = Vec::new();
+        // Once one full view is in, stragglers get a short grace period, not the full timeout.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => asks.join_next().await,
+                Some(d) => match tokio::time::timeout_at(d, asks.join_next()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
+            };
+            let Some(done) = next else { break };
+            match done {
+                Ok((addr, Ok(ranges))) => {
                     let covered: usize =
                         ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
-                    let better = best.as_ref().is_none_or(|b| covered > b.2);
-                    if better {
-                        best = Some((ranges, addr, covered));
+                    if covered >= super::slot::SLOTS && deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + Duration::from_millis(250));
                     }
-                    if covered >= super::slot::SLOTS {
-                        break;
-                    }
+                    views.push((ranges, addr))
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
+                Ok((addr, Err(e))) => errors.push(format!("{addr}: {e}")),
+                Err(e) => errors.push(e.to_string()),
             }
         }
-        let Some((ranges, source, covered)) = best else {
+        let score = |ranges: &Vec<SlotRange>| {
+            let covered: usize = ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
+            let unreachable = ranges
+                .iter()
+                .filter(|r| self.registry.is_failing(&r.master))
+                .count();
+            let votes = views.iter().filter(|v| &v.0 == ranges).count();
+            (covered, std::cmp::Reverse(unreachable), votes)
+        };
+        let best = views.iter().max_by_key(|v| score(&v.0)).cloned();
+        let Some((ranges, source)) = best else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             let msg = if errors.is_empty() {
                 "no seed resolves to an address".to_string()
@@ -189,10 +217,11 @@ impl Cluster {
             }
             return Err(msg);
         };
+        let covered: usize = ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
         let gen = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let fresh = Topology::build(&ranges, &self.registry, source.clone(), gen);
         let old = self.topo.load();
-        if old.ranges() != fresh.ranges() || old.masters.len() != fresh.masters.len() {
+        if describe(&old) != describe(&fresh) {
             tracing::info!(
                 source = %source,
                 masters = fresh.masters.len(),
@@ -213,12 +242,13 @@ impl Cluster {
         Ok(())
     }
 
-    async fn ask(&self, addr: &str) -> Result<Vec<super::topology::SlotRange>, String> {
+    async fn ask(&self, addr: &str) -> Result<Vec<SlotRange>, String> {
         let settings = self.registry.settings();
         let mut stream = connect(addr, Proto::Resp2, settings).await?;
         let mut req = BytesMut::new();
         encode_command(&mut req, &[b"CLUSTER", b"SLOTS"]);
-        let reply = tokio::time::timeout(settings.reply_timeout, async {
+        let limit = settings.reply_timeout.min(Duration::from_secs(2));
+        let reply = tokio::time::timeout(limit, async {
             stream.write_all(&req).await?;
             read_replies(&mut stream, 1).await
         })

@@ -422,7 +422,7 @@ fn refine_variable_flags<A: AsRef<[u8]>>(name: &str, flags: u32, args: &[A]) -> 
         // bitfieldGetKeys: a GET from args[2] on with at least 2 arguments after it.
         "bitfield" => {
             let argc = args.len();
-            let has_get = (2..argc).any(|i| eq_ci(args[i].as_ref(), "get") && argc - i - 1 >= 2);
+            let has_get = (2..argc).any(|i| eq_ci(args[i].as_ref(), "get") && argc - i > 2);
             if has_get {
                 KS_RO | KS_ACCESS
             } else {

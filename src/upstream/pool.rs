@@ -214,6 +214,13 @@ impl Registry {
             .clone()
     }
 
+    /// Whether the node at `addr` is known and its last connection attempt failed.
+    pub fn is_failing(&self, addr: &str) -> bool {
+        self.nodes
+            .get(addr)
+            .is_some_and(|n| n.health.failures() > 0)
+    }
+
     /// Forgets nodes not in `keep` (their connections close once no one holds them).
     pub fn retain(&self, keep: &[Arc<Node>]) {
         self.nodes

@@ -27,6 +27,7 @@ pub struct NodeProc {
 
 pub struct RedisCluster {
     pub dir: PathBuf,
+    pub extra: Vec<String>,
     pub nodes: Mutex<Vec<NodeProc>>,
     pub ports: Vec<u16>,
 }
@@ -161,7 +162,7 @@ pub fn read_reply_string(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&read_reply(s)).into_owned()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -191,11 +192,17 @@ pub fn try_cmd(port: u16, args: &[&str]) -> Option<String> {
 impl RedisCluster {
     /// Starts six nodes and forms 3 masters + 3 replicas.
     pub fn start(tag: &str) -> RedisCluster {
+        Self::start_with(tag, &[])
+    }
+
+    /// Like `start`, with extra redis-server arguments for every node (e.g. persistence).
+    pub fn start_with(tag: &str, extra: &[&str]) -> RedisCluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let dir = temp_dir(tag);
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for &port in &ports {
-            let child = spawn(Self::node_cmd(&dir, port));
+            let child = spawn(Self::node_cmd(&dir, port, &extra));
             nodes.push(NodeProc {
                 port,
                 child: Some(child),
@@ -223,6 +230,7 @@ impl RedisCluster {
         );
         let c = RedisCluster {
             dir,
+            extra,
             nodes: Mutex::new(nodes),
             ports,
         };
@@ -230,8 +238,8 @@ impl RedisCluster {
         c
     }
 
-    pub fn node_cmd(dir: &Path, port: u16) -> Command {
-        redis_server_cmd(
+    pub fn node_cmd(dir: &Path, port: u16, extra: &[String]) -> Command {
+        let mut cmd = redis_server_cmd(
             dir,
             port,
             &[
@@ -241,8 +249,14 @@ impl RedisCluster {
                 &format!("nodes-{port}.conf"),
                 "--cluster-node-timeout",
                 "2000",
+                "--appenddirname",
+                &format!("aof-{port}"),
+                "--dbfilename",
+                &format!("dump-{port}.rdb"),
             ],
-        )
+        );
+        cmd.args(extra);
+        cmd
     }
 
     /// Waits until every live node says cluster_state:ok and sees 3 masters with a replica each.
@@ -262,6 +276,12 @@ impl RedisCluster {
                             .filter(|l| l.contains("slave") && !l.contains("fail"))
                             .count();
                         masters == 3 && replicas == 3
+                    })
+                    && try_cmd(p, &["INFO", "replication"]).is_some_and(|i| {
+                        // A replica that is still syncing cannot take over yet.
+                        !i.contains("role:slave")
+                            || (i.contains("master_link_status:up")
+                                && i.contains("master_sync_in_progress:0"))
                     })
             })
         });
@@ -339,6 +359,26 @@ impl RedisCluster {
             .to_string()
     }
 
+    /// Sends a signal to a node's process.
+    pub fn signal(&self, port: u16, sig: i32) {
+        let pid = self.pid(port) as i32;
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Stops a node with SIGTERM (it persists what it is configured to) and waits for it.
+    pub fn stop(&self, port: u16) {
+        let mut nodes = self.nodes.lock().unwrap();
+        let n = nodes.iter_mut().find(|n| n.port == port).unwrap();
+        if let Some(mut c) = n.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
     /// Kills a node with SIGKILL.
     pub fn kill(&self, port: u16) {
         let mut nodes = self.nodes.lock().unwrap();
@@ -351,7 +391,7 @@ impl RedisCluster {
 
     /// Starts a killed node again from its nodes.conf.
     pub fn restart(&self, port: u16) {
-        let child = spawn(Self::node_cmd(&self.dir, port));
+        let child = spawn(Self::node_cmd(&self.dir, port, &self.extra));
         let mut nodes = self.nodes.lock().unwrap();
         nodes.iter_mut().find(|n| n.port == port).unwrap().child = Some(child);
         drop(nodes);
@@ -383,6 +423,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(config: Config) -> Proxy {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
