@@ -12,6 +12,8 @@
 //! - [`session`]: one client; ordering, redirections, retries, local commands (PING, HELLO...).
 //! - [`resp`]: request scanner, reply scanner, our own reply encoder.
 //! - [`command`]: generated command table, key extraction, per-command policy.
+//! - [`router`]: command → one target, a split plan, a local reply or an error; SCAN cursors.
+//! - [`merge`]: combining the replies of split and all-masters commands.
 //! - [`cluster`]: `key_slot`, the slot table snapshot, the refresher.
 //! - [`upstream`]: multiplexed backend connections and the per-node pool.
 //! - [`metrics`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
@@ -19,8 +21,10 @@
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod merge;
 pub mod metrics;
 pub mod resp;
+pub mod router;
 pub mod server;
 pub mod session;
 pub mod upstream;

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod table;
 
 use crate::cluster::key_slot;
+use crate::merge::Merge;
 pub use table::CommandSpec;
 
 fn cmp_ci(name: &str, probe: &[u8]) -> std::cmp::Ordering {
@@ -95,6 +96,16 @@ pub enum Handling {
     KeyedUnlessBlock,
     /// Not available through slotmux (yet); the text says why.
     Refused(&'static str),
+    /// Keyed; keys in several slots are split into one sub-command per slot and merged.
+    Split(Merge),
+    /// Keyless, but about the whole dataset: sent to every master and merged.
+    AllMasters(Merge),
+    /// Node configuration: sent to every master and replica.
+    AllNodes(Merge),
+    /// SCAN: one master after the other, with a cursor that says which.
+    Scan,
+    /// WAIT: the node of the client's last write.
+    LastWrite,
 }
 
 const WHOLE_CLUSTER: &str =
@@ -141,18 +152,28 @@ pub fn policy(spec: &CommandSpec) -> Handling {
         | "cluster|help" => AnyMaster,
         "config|get" | "config|help" => AnyMaster,
         "time" | "lolwut" => AnyMaster,
-        "script|exists" | "function|list" | "function|dump" | "function|stats" => AnyMaster,
+        "function|list" | "function|dump" | "function|stats" => AnyMaster,
         // Scripts without keys may run on any master; with keys they follow them (see route).
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Keyed,
-        "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "script|load"
-        | "script|flush" | "function|load" | "function|delete" | "function|flush"
-        | "function|restore" | "config|set" | "config|resetstat" | "lastsave" => {
-            Refused(WHOLE_CLUSTER)
+        "mget" => Split(Merge::Mget),
+        "mset" => Split(Merge::AllOk),
+        "del" | "unlink" | "exists" | "touch" => Split(Merge::Sum),
+        "dbsize" => AllMasters(Merge::Sum),
+        "keys" => AllMasters(Merge::Concat),
+        "flushall" | "flushdb" | "script|flush" | "function|flush" => AllMasters(Merge::AllOk),
+        "script|load" | "function|load" | "function|delete" | "function|restore" => {
+            AllMasters(Merge::First)
         }
+        "script|exists" => AllMasters(Merge::AndArrays),
+        "randomkey" => AllMasters(Merge::FirstNonNull),
+        "config|set" | "config|resetstat" => AllNodes(Merge::AllOk),
+        "scan" => Scan,
+        "wait" => LastWrite,
+        "lastsave" => AnyMaster,
         "multi" | "exec" | "discard" | "watch" | "unwatch" => Refused(TRANSACTION),
         "monitor" | "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover"
         | "replicaof" | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move"
-        | "migrate" | "module" | "wait" | "asking" => Refused(ADMIN),
+        | "migrate" | "module" | "asking" => Refused(ADMIN),
         "client|reply"
         | "client|tracking"
         | "client|caching"

@@ -127,8 +127,19 @@ fn local_commands_and_redis_errors() {
     );
     assert_eq!(
         ask(&["MSET", "a", "1", "b", "2"]),
-        "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        "+OK\r\n",
+        "split across slots"
     );
+    for cmd in [
+        &["MSETNX", "a", "1", "b", "2"][..],
+        &["RENAME", "a", "b"],
+        &["SUNIONSTORE", "a", "b"],
+    ] {
+        assert_eq!(
+            ask(cmd),
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        );
+    }
     assert_eq!(ask(&["MSET", "{t}a", "1", "{t}b", "2"]), "+OK\r\n");
     assert_eq!(
         ask(&["MGET", "{t}a", "{t}b"]),

@@ -5,6 +5,7 @@
 mod support;
 
 mod basic;
+mod multikey;
 mod redirects;
 mod resp3;
 

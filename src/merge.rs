@@ -1,0 +1,213 @@
+//! Merging the replies of a command that slotmux split across slots or sent to every master.
+//!
+//! Owns: how sub-replies become one reply, in the client's protocol, in the client's key order
+//! (MGET), as a sum (DEL, EXISTS, DBSIZE...), a concatenation (KEYS), all-OK (MSET, FLUSHALL),
+//! and so on. The first error among the parts is the reply, as a single Redis would have
+//! answered with an error. Cold-ish path: plain code, a few allocations per split command.
+//! Must not: do I/O or know where the parts went.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::resp::reply::ReplyScanner;
+use crate::resp::write;
+
+/// How the parts of a split command are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Arrays of values; element `i` of the client's reply comes from a part and position
+    /// given by the plan's order.
+    Mget,
+    /// Integers added up.
+    Sum,
+    /// Every part must be `+OK`.
+    AllOk,
+    /// Arrays concatenated.
+    Concat,
+    /// Every part must succeed; the reply is the first part's (SCRIPT LOAD's sha).
+    First,
+    /// The first non-null reply (RANDOMKEY).
+    FirstNonNull,
+    /// Arrays of 0/1 combined element-wise with AND (SCRIPT EXISTS: loaded everywhere).
+    AndArrays,
+}
+
+/// Byte ranges of the elements of a top-level array reply (`*n` or RESP3 `~n`/`>n`).
+pub fn elements(frame: &[u8]) -> Option<Vec<(usize, usize)>> {
+    let cr = frame.iter().position(|&b| b == b'\r')?;
+    if !matches!(frame.first(), Some(b'*' | b'~')) {
+        return None;
+    }
+    let n: i64 = std::str::from_utf8(&frame[1..cr]).ok()?.parse().ok()?;
+    let mut pos = cr + 2;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let len = ReplyScanner::new().scan(&frame[pos..]).ok()??;
+        out.push((pos, pos + len));
+        pos += len;
+    }
+    Some(out)
+}
+
+fn integer(frame: &[u8]) -> Option<i64> {
+    let body = frame.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
+fn is_null(frame: &[u8]) -> bool {
+    frame == b"$-1\r\n" || frame == b"_\r\n" || frame == b"*-1\r\n"
+}
+
+fn protocol_error(what: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    write::error(
+        &mut b,
+        &format!("ERR slotmux: unexpected reply while merging {what}"),
+    );
+    b.freeze()
+}
+
+/// Combines `parts` (one reply per sub-request, in plan order). `order` is MGET's mapping
+/// from the client's key index to (part, element).
+pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
+    if let Some(err) = parts.iter().find(|p| p.first() == Some(&b'-')) {
+        return err.clone();
+    }
+    let mut out = BytesMut::new();
+    match kind {
+        Merge::Mget => {
+            let Some(els) = parts
+                .iter()
+                .map(|p| elements(p))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return protocol_error("MGET");
+            };
+            write::array_header(&mut out, order.len());
+            for &(part, idx) in order {
+                let Some(&(a, b)) = els.get(part as usize).and_then(|e| e.get(idx as usize)) else {
+                    return protocol_error("MGET");
+                };
+                out.extend_from_slice(&parts[part as usize][a..b]);
+            }
+        }
+        Merge::Sum => {
+            let mut sum = 0i64;
+            for p in parts {
+                match integer(p) {
+                    Some(n) => sum += n,
+                    None => return protocol_error("integers"),
+                }
+            }
+            write::integer(&mut out, sum);
+        }
+        Merge::AllOk => {
+            if parts.iter().all(|p| &p[..] == b"+OK\r\n") {
+                write::ok(&mut out);
+            } else {
+                return parts
+                    .iter()
+                    .find(|p| &p[..] != b"+OK\r\n")
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        }
+        Merge::Concat => {
+            let Some(els) = parts
+                .iter()
+                .map(|p| elements(p))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return protocol_error("arrays");
+            };
+            write::array_header(&mut out, els.iter().map(|e| e.len()).sum());
+            for (p, e) in parts.iter().zip(&els) {
+                for &(a, b) in e {
+                    out.extend_from_slice(&p[a..b]);
+                }
+            }
+        }
+        Merge::First => return parts.first().cloned().unwrap_or_default(),
+        Merge::FirstNonNull => {
+            return parts
+                .iter()
+                .find(|p| !is_null(p))
+                .or(parts.first())
+                .cloned()
+                .unwrap_or_default()
+        }
+        Merge::AndArrays => {
+            let Some(els) = parts
+                .iter()
+                .map(|p| elements(p))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return protocol_error("arrays");
+            };
+            let n = els.first().map(|e| e.len()).unwrap_or(0);
+            write::array_header(&mut out, n);
+            for i in 0..n {
+                let all = parts
+                    .iter()
+                    .zip(&els)
+                    .all(|(p, e)| e.get(i).and_then(|&(a, b)| integer(&p[a..b])).unwrap_or(0) == 1);
+                write::integer(&mut out, all as i64);
+            }
+        }
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn mget_in_client_order() {
+        let parts = [b("*2\r\n$1\r\na\r\n$-1\r\n"), b("*1\r\n$2\r\nbb\r\n")];
+        let order = [(1, 0), (0, 0), (0, 1)];
+        assert_eq!(
+            &merge(Merge::Mget, &parts, &order)[..],
+            b"*3\r\n$2\r\nbb\r\n$1\r\na\r\n$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn sums_concats_and_errors() {
+        assert_eq!(
+            &merge(Merge::Sum, &[b(":2\r\n"), b(":3\r\n")], &[])[..],
+            b":5\r\n"
+        );
+        assert_eq!(
+            &merge(Merge::Sum, &[b(":2\r\n"), b("-ERR x\r\n")], &[])[..],
+            b"-ERR x\r\n"
+        );
+        assert_eq!(
+            &merge(
+                Merge::Concat,
+                &[b("*1\r\n$1\r\na\r\n"), b("*0\r\n"), b("*1\r\n$1\r\nb\r\n")],
+                &[]
+            )[..],
+            b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(
+            &merge(Merge::AllOk, &[b("+OK\r\n"), b("+OK\r\n")], &[])[..],
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            &merge(
+                Merge::AndArrays,
+                &[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:1\r\n:0\r\n")],
+                &[]
+            )[..],
+            b"*2\r\n:1\r\n:0\r\n"
+        );
+        assert_eq!(
+            &merge(Merge::FirstNonNull, &[b("$-1\r\n"), b("$1\r\nk\r\n")], &[])[..],
+            b"$1\r\nk\r\n"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Where a command goes: one node, several (split by slot or sent to every master), slotmux
+//! itself, or nowhere (an error).
+//!
+//! Owns: turning a parsed command into a [`Route`] — the forward target for the common case
+//! (the client's frame unchanged), the split plan with one sub-command per slot or per master,
+//! and SCAN's cursor scheme over all masters.
+//! Must not: hold session state or do I/O; allocate on the single-target path.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cluster::{key_slot, Topology};
+use crate::command::{self, Args, CommandSpec, Handling, Local, SlotOf};
+use crate::merge::Merge;
+use crate::upstream::{Node, Registry};
+
+/// Where one request goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Slot(u16),
+    AnyMaster,
+    Node(Arc<Node>),
+}
+
+/// A command split into sub-commands whose replies are merged.
+#[derive(Debug)]
+pub struct Plan {
+    pub merge: Merge,
+    pub parts: Vec<(Target, Bytes)>,
+    /// For MGET: client key index → (part, element).
+    pub order: Vec<(u32, u32)>,
+}
+
+#[derive(Debug)]
+pub enum Route {
+    /// Forward the client's bytes unchanged.
+    Forward(Target),
+    Split(Plan),
+    Local(Local),
+    /// SCAN over all masters: the rewritten frame, and the slot that names the master.
+    Scan {
+        frame: Bytes,
+        slot: u16,
+    },
+    /// WAIT goes to the node of the client's last write.
+    LastWrite,
+    Error(Cow<'static, str>),
+}
+
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// Routes a command whose spec (subcommand resolved) and arity were checked.
+pub fn route(
+    spec: &'static CommandSpec,
+    args: Args<'_>,
+    topo: &Topology,
+    registry: &Registry,
+) -> Route {
+    match command::policy(spec) {
+        Handling::Local(l) => Route::Local(l),
+        Handling::AnyMaster => Route::Forward(Target::AnyMaster),
+        Handling::Refused(why) => {
+            let name = String::from_utf8_lossy(args.get(0).unwrap_or_default()).to_ascii_lowercase();
+            Route::Error(Cow::Owned(format!("ERR slotmux: '{name}' {why}")))
+        }
+        Handling::KeyedUnlessBlock if has_block_arg(args) => Route::Error(Cow::Borrowed(
+            "ERR slotmux: XREAD/XREADGROUP with BLOCK is a blocking command; slotmux does not give blocking commands a dedicated connection yet",
+        )),
+        Handling::Keyed | Handling::KeyedUnlessBlock => match command::slot_of(spec, args) {
+            SlotOf::One(s) => Route::Forward(Target::Slot(s)),
+            SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),
+            SlotOf::CrossSlot => Route::Error(Cow::Borrowed(CROSSSLOT)),
+        },
+        Handling::Split(merge) => match command::slot_of(spec, args) {
+            SlotOf::One(s) => Route::Forward(Target::Slot(s)),
+            SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),
+            SlotOf::CrossSlot => Route::Split(split_by_slot(merge, args)),
+        },
+        Handling::AllMasters(merge) => Route::Split(Plan {
+            merge,
+            parts: topo.masters.iter().map(|m| (Target::Node(m.clone()), whole(args))).collect(),
+            order: Vec::new(),
+        }),
+        Handling::AllNodes(merge) => {
+            let mut parts: Vec<(Target, Bytes)> =
+                topo.masters.iter().map(|m| (Target::Node(m.clone()), whole(args))).collect();
+            for r in topo.replicas.iter().flatten() {
+                parts.push((Target::Node(registry.get_or_create(r)), whole(args)));
+            }
+            Route::Split(Plan { merge, parts, order: Vec::new() })
+        }
+        Handling::Scan => scan(args, topo),
+        Handling::LastWrite => Route::LastWrite,
+    }
+}
+
+fn whole(args: Args<'_>) -> Bytes {
+    Bytes::copy_from_slice(args.frame)
+}
+
+fn has_block_arg(args: Args<'_>) -> bool {
+    (1..args.len()).any(|i| {
+        args.get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+    })
+}
+
+/// Encodes a command from argument slices (split sub-commands, rewritten SCANs).
+pub fn encode<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(b'*');
+    out.extend_from_slice(parts.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for p in parts {
+        out.put_u8(b'$');
+        out.extend_from_slice(p.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+/// One sub-command per slot, keys in the client's order within each; MSET keeps pairs.
+fn split_by_slot(merge: Merge, args: Args<'_>) -> Plan {
+    let name = args.get(0).unwrap_or_default();
+    let step = if merge == Merge::AllOk { 2 } else { 1 };
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    let mut by_slot: HashMap<u16, usize> = HashMap::new();
+    let mut order = Vec::new();
+    let mut i = 1;
+    while i + step - 1 < args.len() {
+        let slot = key_slot(args.get(i).unwrap_or_default());
+        let g = *by_slot.entry(slot).or_insert_with(|| {
+            groups.push((slot, Vec::new()));
+            groups.len() - 1
+        });
+        order.push((g as u32, groups[g].1.len() as u32));
+        groups[g].1.push(i);
+        i += step;
+    }
+    let parts = groups
+        .into_iter()
+        .map(|(slot, keys)| {
+            let mut items: Vec<&[u8]> = Vec::with_capacity(1 + keys.len() * step);
+            items.push(name);
+            for k in keys {
+                for j in 0..step {
+                    items.push(args.get(k + j).unwrap_or_default());
+                }
+            }
+            (Target::Slot(slot), encode(items.into_iter()))
+        })
+        .collect();
+    Plan {
+        merge,
+        parts,
+        order: if merge == Merge::Mget {
+            order
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Masters in SCAN order (by the first slot each owns), as (first slot, master index).
+fn scan_order(topo: &Topology) -> Vec<(u16, usize)> {
+    let mut firsts: Vec<(u16, usize)> = Vec::new();
+    for (start, _, m) in topo.ranges() {
+        if !firsts.iter().any(|f| f.1 == m) {
+            firsts.push((start, m));
+        }
+    }
+    firsts.sort();
+    firsts
+}
+
+const SLOTS: u64 = crate::cluster::slot::SLOTS as u64;
+
+/// SCAN's client cursor is `node_cursor * 16384 + slot`, where `slot` is the first slot of the
+/// master being scanned. A full iteration visits every master, one after the other.
+fn scan(args: Args<'_>, topo: &Topology) -> Route {
+    let Some(cursor) = std::str::from_utf8(args.get(1).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return Route::Error(Cow::Borrowed("ERR invalid cursor"));
+    };
+    let order = scan_order(topo);
+    let Some(&(first, _)) = order.first() else {
+        return Route::Error(Cow::Borrowed("CLUSTERDOWN Hash slot not served"));
+    };
+    let (node_cursor, slot) = if cursor == 0 {
+        (0, first)
+    } else {
+        (cursor / SLOTS, (cursor % SLOTS) as u16)
+    };
+    let node_cursor = node_cursor.to_string();
+    let items = (0..args.len()).map(|i| {
+        if i == 1 {
+            node_cursor.as_bytes()
+        } else {
+            args.get(i).unwrap_or_default()
+        }
+    });
+    Route::Scan {
+        frame: encode(items.collect::<Vec<_>>().into_iter()),
+        slot,
+    }
+}
+
+/// Rewrites a node's SCAN reply cursor into slotmux's cursor; moves on to the next master when
+/// this one is done.
+pub fn scan_reply(frame: &Bytes, slot: u16, topo: &Topology) -> Bytes {
+    let Some(els) = crate::merge::elements(frame) else {
+        return frame.clone();
+    };
+    if els.len() != 2 {
+        return frame.clone();
+    }
+    let (a, b) = els[0];
+    let inner = &frame[a..b];
+    let Some(node_next) = inner
+        .strip_suffix(b"\r\n")
+        .and_then(|x| x.splitn(2, |&c| c == b'\n').nth(1))
+        .and_then(|x| std::str::from_utf8(x).ok())
+        .and_then(|x| x.parse::<u64>().ok())
+    else {
+        return frame.clone();
+    };
+    let next = if node_next != 0 {
+        node_next.saturating_mul(SLOTS) + slot as u64
+    } else {
+        let order = scan_order(topo);
+        let cur = topo
+            .master_for(slot)
+            .and_then(|m| topo.masters.iter().position(|x| Arc::ptr_eq(x, m)));
+        let pos = order.iter().position(|o| Some(o.1) == cur);
+        match pos.and_then(|p| order.get(p + 1)) {
+            Some(&(s, _)) => s as u64,
+            None => 0,
+        }
+    };
+    let next = next.to_string();
+    let mut out = BytesMut::with_capacity(frame.len() + 8);
+    out.extend_from_slice(b"*2\r\n$");
+    out.extend_from_slice(next.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(next.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&frame[els[1].0..els[1].1]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(parts: &[&str]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut frame = Vec::new();
+        let mut ranges = Vec::new();
+        for p in parts {
+            let s = frame.len();
+            frame.extend_from_slice(p.as_bytes());
+            ranges.push((s, frame.len()));
+        }
+        (frame, ranges)
+    }
+
+    #[test]
+    fn mget_split_keeps_client_order() {
+        let (f, r) = args_of(&["MGET", "a", "b", "{a}x", "c"]);
+        let plan = split_by_slot(
+            Merge::Mget,
+            Args {
+                frame: &f,
+                ranges: &r,
+            },
+        );
+        // a and {a}x share a slot: one part with both, in order.
+        assert_eq!(plan.parts.len(), 3);
+        assert_eq!(
+            &plan.parts[0].1[..],
+            b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$4\r\n{a}x\r\n"
+        );
+        assert_eq!(plan.order, vec![(0, 0), (1, 0), (0, 1), (2, 0)]);
+    }
+
+    #[test]
+    fn mset_split_keeps_pairs() {
+        let (f, r) = args_of(&["MSET", "a", "1", "b", "2", "{a}y", "3"]);
+        let plan = split_by_slot(
+            Merge::AllOk,
+            Args {
+                frame: &f,
+                ranges: &r,
+            },
+        );
+        assert_eq!(plan.parts.len(), 2);
+        assert_eq!(
+            &plan.parts[0].1[..],
+            b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n$1\r\n1\r\n$4\r\n{a}y\r\n$1\r\n3\r\n"
+        );
+        assert!(plan.order.is_empty());
+    }
+}

@@ -1,0 +1,215 @@
+//! Commands slotmux answers itself: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT
+//! SETNAME/GETNAME/ID/INFO, READONLY/READWRITE, CLUSTER KEYSLOT, INFO.
+//!
+//! Owns: their replies, with Redis's own error texts, in the client's protocol version, and the
+//! per-client state they change (protocol, name, authentication).
+//! Must not: talk to a backend.
+
+use bytes::Bytes;
+
+use super::{constant_time_eq, Session};
+use crate::cluster::key_slot;
+use crate::command::{Args, Local};
+use crate::resp::write::{self, Proto};
+
+impl Session {
+    pub(super) fn local(&mut self, cmd: Local, args: Args<'_>) {
+        let arg = |i: usize| args.get(i).unwrap_or_default();
+        match cmd {
+            Local::Ping => match args.len() {
+                1 => self.reply_local(|o, _| write::simple(o, "PONG")),
+                2 => self.reply_local(|o, _| write::bulk(o, arg(1))),
+                _ => self.reply_local(|o, _| {
+                    write::error(o, "ERR wrong number of arguments for 'ping' command")
+                }),
+            },
+            Local::Echo => self.reply_local(|o, _| write::bulk(o, arg(1))),
+            Local::Quit => {
+                self.reply_local(|o, _| write::ok(o));
+                self.closing = true;
+            }
+            Local::Select => match crate::resp::parse_i64(arg(1)) {
+                Some(0) => self.reply_local(|o, _| write::ok(o)),
+                Some(_) => self.reply_local(|o, _| {
+                    write::error(o, "ERR SELECT is not allowed in cluster mode")
+                }),
+                None => self.reply_local(|o, _| {
+                    write::error(o, "ERR value is not an integer or out of range")
+                }),
+            },
+            Local::ReadOnlyWrite | Local::ClientOk => self.reply_local(|o, _| write::ok(o)),
+            Local::Auth => self.auth(args),
+            Local::Hello => self.hello(args),
+            Local::Reset => {
+                self.proto = Proto::Resp2;
+                self.name = None;
+                self.authed = self.shared.config.requirepass.is_none();
+                self.reply_local(|o, _| write::simple(o, "RESET"));
+            }
+            Local::ClientSetName => {
+                let name = arg(2);
+                if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+                    return self.reply_local(|o, _| {
+                        write::error(o, "ERR Client names cannot contain spaces, newlines or special characters.")
+                    });
+                }
+                self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+                self.reply_local(|o, _| write::ok(o));
+            }
+            Local::ClientGetName => {
+                let name = self.name.clone();
+                self.reply_local(|o, p| match &name {
+                    Some(n) => write::bulk(o, n),
+                    None => write::null(o, p),
+                });
+            }
+            Local::ClientId => {
+                let id = self.id as i64;
+                self.reply_local(|o, _| write::integer(o, id));
+            }
+            Local::ClientInfo => {
+                let line = self.client_line();
+                self.reply_local(|o, p| write::verbatim(o, p, line.as_bytes()));
+            }
+            Local::ClusterKeySlot => {
+                let slot = key_slot(arg(2)) as i64;
+                self.reply_local(|o, _| write::integer(o, slot));
+            }
+            Local::Info => {
+                let text = crate::server::info_text(&self.shared, self.topo.load());
+                self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()));
+            }
+        }
+    }
+
+    fn client_line(&self) -> String {
+        format!(
+            "id={} addr={} laddr={} name={} db=0 resp={} lib=slotmux\n",
+            self.id,
+            self.peer,
+            self.local,
+            self.name
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default(),
+            self.proto.number()
+        )
+    }
+
+    fn check_password(&self, user: &[u8], pass: &[u8]) -> Result<(), &'static str> {
+        const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+        match &self.shared.config.requirepass {
+            // The default user has no password: Redis accepts any password for it.
+            None if user == b"default" => Ok(()),
+            None => Err(WRONGPASS),
+            Some(want) if user == b"default" && constant_time_eq(want.as_bytes(), pass) => Ok(()),
+            Some(_) => Err(WRONGPASS),
+        }
+    }
+
+    fn auth(&mut self, args: Args<'_>) {
+        let (user, pass) = match args.len() {
+            2 => {
+                if self.shared.config.requirepass.is_none() {
+                    return self.reply_local(|o, _| write::error(o, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"));
+                }
+                (&b"default"[..], args.get(1).unwrap_or_default())
+            }
+            3 => (
+                args.get(1).unwrap_or_default(),
+                args.get(2).unwrap_or_default(),
+            ),
+            _ => return self.reply_local(|o, _| write::error(o, "ERR syntax error")),
+        };
+        match self.check_password(user, pass) {
+            Ok(()) => {
+                self.authed = true;
+                self.reply_local(|o, _| write::ok(o));
+            }
+            Err(e) => self.reply_local(|o, _| write::error(o, e)),
+        }
+    }
+
+    fn hello(&mut self, args: Args<'_>) {
+        let mut proto = self.proto;
+        let mut i = 1;
+        if let Some(v) = args.get(1) {
+            match crate::resp::parse_i64(v) {
+                Some(2) => proto = Proto::Resp2,
+                Some(3) => proto = Proto::Resp3,
+                Some(_) => {
+                    return self.reply_local(|o, _| {
+                        write::error(o, "NOPROTO unsupported protocol version")
+                    })
+                }
+                None => {
+                    return self.reply_local(|o, _| {
+                        write::error(o, "ERR Protocol version is not an integer or out of range")
+                    })
+                }
+            }
+            i = 2;
+        }
+        let mut name: Option<Option<Bytes>> = None;
+        let mut auth: Option<(&[u8], &[u8])> = None;
+        while i < args.len() {
+            let opt = args.get(i).unwrap_or_default();
+            let more = args.len() - i - 1;
+            if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+                auth = Some((
+                    args.get(i + 1).unwrap_or_default(),
+                    args.get(i + 2).unwrap_or_default(),
+                ));
+                i += 3;
+            } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+                let n = args.get(i + 1).unwrap_or_default();
+                if n.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+                    return self.reply_local(|o, _| {
+                        write::error(o, "ERR Client names cannot contain spaces, newlines or special characters.")
+                    });
+                }
+                name = Some((!n.is_empty()).then(|| Bytes::copy_from_slice(n)));
+                i += 2;
+            } else {
+                let msg = format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                );
+                return self.reply_local(|o, _| write::error(o, &msg));
+            }
+        }
+        if let Some((user, pass)) = auth {
+            if let Err(e) = self.check_password(user, pass) {
+                return self.reply_local(|o, _| write::error(o, e));
+            }
+            self.authed = true;
+        }
+        if !self.authed {
+            return self.reply_local(|o, _| {
+                write::error(o, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+            });
+        }
+        if let Some(n) = name {
+            self.name = n;
+        }
+        self.proto = proto;
+        let id = self.id as i64;
+        self.reply_local(|o, p| {
+            write::map_header(o, p, 7);
+            write::bulk(o, b"server");
+            write::bulk(o, b"redis");
+            write::bulk(o, b"version");
+            write::bulk(o, crate::REDIS_VERSION.as_bytes());
+            write::bulk(o, b"proto");
+            write::integer(o, p.number());
+            write::bulk(o, b"id");
+            write::integer(o, id);
+            write::bulk(o, b"mode");
+            write::bulk(o, b"standalone");
+            write::bulk(o, b"role");
+            write::bulk(o, b"master");
+            write::bulk(o, b"modules");
+            write::array_header(o, 0);
+        });
+    }
+}

@@ -1,0 +1,622 @@
+//! One client connection: read commands, route them, write replies in request order.
+//!
+//! Owns: the per-client state (protocol version, name, authentication), the ordered queue of
+//! commands in flight, redirection and retry handling (MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
+//! lost connections) within the retry budget, split commands waiting for their parts,
+//! backpressure (stop reading at `max_pipeline` commands in flight), and coalesced writes.
+//! Must not: block on a backend (everything backend-bound goes through unbounded queues and
+//! comes back as [`Reply`] messages), allocate per forwarded single-key command in the steady
+//! state, or resend a command that may have run unless it is read-only.
+
+mod local;
+
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::cluster::Topology;
+use crate::command::{self, Args};
+use crate::merge::{merge, Merge};
+use crate::resp::reply::{classify, Redirect};
+use crate::resp::request::{Limits, RequestScanner};
+use crate::resp::write::{self, Proto};
+use crate::router::{self, Route, Target};
+use crate::server::Shared;
+use crate::upstream::{Node, Reply, Request, UpstreamError};
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Stop reading from a client while this much output waits for it.
+const OUT_HIGH: usize = 1 << 20;
+/// Tags are `entry << SUB_BITS | part`, part 0 being the entry's own request.
+const SUB_BITS: u32 = 24;
+const SUB_MASK: u64 = (1 << SUB_BITS) - 1;
+
+#[derive(Debug)]
+enum FlightState {
+    InFlight,
+    WaitRetry,
+    Done(Bytes),
+}
+
+/// What to do with a finished reply before the client sees it.
+#[derive(Debug, Clone, Copy)]
+enum Post {
+    None,
+    /// Rewrite a node's SCAN cursor into slotmux's.
+    Scan {
+        slot: u16,
+    },
+}
+
+/// One request to one node, with its redirect and retry state.
+#[derive(Debug)]
+struct Flight {
+    frame: Bytes,
+    target: Target,
+    /// The node it was last sent to (for errors, WAIT and MOVED with an empty host).
+    node: Option<Arc<Node>>,
+    /// One-shot destination from MOVED or ASK (`true` for ASK: send ASKING first).
+    redirect: Option<(Arc<Node>, bool)>,
+    readonly: bool,
+    redirects: u8,
+    attempts: u8,
+    first_failure: Option<Instant>,
+    state: FlightState,
+    post: Post,
+}
+
+impl Flight {
+    fn new(frame: Bytes, target: Target, readonly: bool) -> Self {
+        Flight {
+            frame,
+            target,
+            node: None,
+            redirect: None,
+            readonly,
+            redirects: 0,
+            attempts: 0,
+            first_failure: None,
+            state: FlightState::InFlight,
+            post: Post::None,
+        }
+    }
+}
+
+/// A command split into parts whose replies are merged.
+#[derive(Debug)]
+struct Fanout {
+    merge: Merge,
+    order: Vec<(u32, u32)>,
+    parts: Vec<Flight>,
+    left: usize,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Ready(Bytes),
+    One(Flight),
+    Many(Box<Fanout>),
+}
+
+type TopoCache = arc_swap::Cache<Arc<arc_swap::ArcSwap<Topology>>, Arc<Topology>>;
+
+pub struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    proto: Proto,
+    name: Option<Bytes>,
+    authed: bool,
+    topo: TopoCache,
+    tx: mpsc::UnboundedSender<Reply>,
+    pending: VecDeque<Entry>,
+    /// Entry number of `pending[0]`; entry numbers are consecutive.
+    base: u64,
+    retries: Vec<(Instant, u64)>,
+    out: BytesMut,
+    closing: bool,
+    last_write: Option<Arc<Node>>,
+}
+
+impl Session {
+    /// Serves one client until it quits, breaks the protocol, or shutdown drains it.
+    pub async fn run(
+        shared: Arc<Shared>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let topo = arc_swap::Cache::new(shared.cluster.cell());
+        let mut s = Session {
+            authed: shared.config.requirepass.is_none(),
+            shared,
+            id,
+            peer,
+            local,
+            proto: Proto::Resp2,
+            name: None,
+            topo,
+            tx,
+            pending: VecDeque::with_capacity(16),
+            base: 0,
+            retries: Vec::new(),
+            out: BytesMut::with_capacity(READ_CHUNK),
+            closing: false,
+            last_write: None,
+        };
+        let cfg = s.shared.config.clone();
+        let mut scanner = RequestScanner::new(Limits {
+            max_bulk_len: cfg.proto_max_bulk_len.min(usize::MAX as u64) as usize,
+            max_args: i32::MAX as usize,
+        });
+        let query_limit = cfg.client_query_buffer_limit.min(usize::MAX as u64) as usize;
+        let max_pipeline = cfg.max_pipeline as usize;
+        let idle = cfg.idle_timeout;
+        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let (mut rd, mut wr) = stream.split();
+        let retry_sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(retry_sleep);
+        let never = Duration::from_secs(86400 * 365);
+        let idle_sleep = tokio::time::sleep(if idle.is_zero() { never } else { idle });
+        tokio::pin!(idle_sleep);
+        let mut retry_armed = false;
+        if *shutdown.borrow() {
+            return;
+        }
+
+        loop {
+            // Parse whatever is buffered while there is room in the pipeline.
+            if !s.closing && !inbuf.is_empty() {
+                while s.pending.len() < max_pipeline && !s.closing {
+                    match scanner.next(&mut inbuf) {
+                        Ok(Some(frame)) => s.handle(frame, scanner.args()),
+                        Ok(None) => break,
+                        Err(e) => {
+                            s.reply_local(|o, _| write::error(o, &format!("ERR {e}")));
+                            s.closing = true;
+                            inbuf.clear();
+                        }
+                    }
+                }
+                if inbuf.len() > query_limit {
+                    tracing::info!(client = %s.peer, "closing client that reached the query buffer limit");
+                    s.reply_local(|o, _| {
+                        write::error(o, "ERR Protocol error: client query buffer limit reached")
+                    });
+                    s.closing = true;
+                    inbuf.clear();
+                }
+            }
+            s.flush_ready();
+            if s.closing && s.pending.is_empty() && s.out.is_empty() {
+                break;
+            }
+            if !retry_armed {
+                if let Some(next) = s.retries.iter().map(|r| r.0).min() {
+                    retry_sleep.as_mut().reset(next);
+                    retry_armed = true;
+                }
+            }
+            let can_read = !s.closing && s.pending.len() < max_pipeline && s.out.len() < OUT_HIGH;
+            if can_read && inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+                inbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                Some(reply) = rx.recv() => {
+                    s.on_reply(reply);
+                    while let Ok(reply) = rx.try_recv() {
+                        s.on_reply(reply);
+                    }
+                }
+                r = wr.write_buf(&mut s.out), if !s.out.is_empty() => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r = rd.read_buf(&mut inbuf), if can_read => {
+                    match r {
+                        Ok(0) | Err(_) => {
+                            // Half-close: answer what was sent, then close, as Redis does.
+                            s.closing = true;
+                            inbuf.clear();
+                        }
+                        Ok(_) => {
+                            if !idle.is_zero() {
+                                idle_sleep.as_mut().reset(Instant::now() + idle);
+                            }
+                        }
+                    }
+                }
+                () = &mut retry_sleep, if retry_armed => {
+                    retry_armed = false;
+                    s.run_due_retries();
+                }
+                () = &mut idle_sleep, if !idle.is_zero() && s.pending.is_empty() => {
+                    tracing::debug!(client = %s.peer, "closing idle client");
+                    break;
+                }
+                r = shutdown.changed(), if !s.closing => {
+                    let _ = r;
+                    s.closing = true;
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
+
+    /// Queues a reply slotmux makes itself, keeping request order.
+    fn reply_local(&mut self, f: impl FnOnce(&mut BytesMut, Proto)) {
+        if self.pending.is_empty() {
+            f(&mut self.out, self.proto);
+        } else {
+            let mut b = BytesMut::new();
+            f(&mut b, self.proto);
+            self.pending.push_back(Entry::Ready(b.freeze()));
+        }
+    }
+
+    fn reply_error(&mut self, msg: &str) {
+        self.reply_local(|o, _| write::error(o, msg));
+    }
+
+    fn flush_ready(&mut self) {
+        while let Some(Entry::Ready(frame)) = self.pending.front() {
+            self.out.extend_from_slice(frame);
+            self.pending.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn handle(&mut self, frame: Bytes, ranges: &[(usize, usize)]) {
+        let args = Args {
+            frame: &frame,
+            ranges,
+        };
+        let Some(name) = args.get(0) else { return };
+        let Some(mut spec) = command::lookup(name) else {
+            if !self.authed {
+                return self.reply_error("NOAUTH Authentication required.");
+            }
+            return self.reply_error(&unknown_command(args));
+        };
+        if !self.authed && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
+            return self.reply_error("NOAUTH Authentication required.");
+        }
+        if !spec.subcommands.is_empty() && args.len() >= 2 {
+            let sub = args.get(1).unwrap_or_default();
+            match command::lookup_sub(spec, sub) {
+                Some(s) => spec = s,
+                None => {
+                    let msg = format!(
+                        "ERR unknown subcommand '{}'. Try {} HELP.",
+                        String::from_utf8_lossy(&sub[..sub.len().min(128)]),
+                        spec.name.to_ascii_uppercase()
+                    );
+                    return self.reply_error(&msg);
+                }
+            }
+        }
+        if !command::arity_ok(spec, args.len()) {
+            return self.reply_error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                spec.name
+            ));
+        }
+        let readonly = command::is_readonly(spec);
+        let topo = self.topo.load().clone();
+        let route = router::route(spec, args, &topo, &self.shared.cluster.registry);
+        let entry = self.base + self.pending.len() as u64;
+        match route {
+            Route::Forward(target) => {
+                self.pending
+                    .push_back(Entry::One(Flight::new(frame, target, readonly)));
+                self.send(entry << SUB_BITS);
+            }
+            Route::Local(l) => self.local(l, args),
+            Route::Error(msg) => self.reply_error(&msg),
+            Route::Scan { frame, slot } => {
+                let mut f = Flight::new(frame, Target::Slot(slot), true);
+                f.post = Post::Scan { slot };
+                self.pending.push_back(Entry::One(f));
+                self.send(entry << SUB_BITS);
+            }
+            Route::LastWrite => {
+                let target = match &self.last_write {
+                    Some(n) => Target::Node(n.clone()),
+                    None => Target::AnyMaster,
+                };
+                self.pending
+                    .push_back(Entry::One(Flight::new(frame, target, true)));
+                self.send(entry << SUB_BITS);
+            }
+            Route::Split(plan) => {
+                if plan.parts.is_empty() {
+                    return self.reply_error("CLUSTERDOWN Hash slot not served");
+                }
+                let n = plan.parts.len();
+                let parts = plan
+                    .parts
+                    .into_iter()
+                    .map(|(t, f)| Flight::new(f, t, readonly))
+                    .collect();
+                self.pending.push_back(Entry::Many(Box::new(Fanout {
+                    merge: plan.merge,
+                    order: plan.order,
+                    parts,
+                    left: n,
+                })));
+                for i in 0..n {
+                    self.send(entry << SUB_BITS | (i as u64 + 1));
+                }
+            }
+        }
+    }
+
+    fn flight(&mut self, tag: u64) -> Option<&mut Flight> {
+        let i = (tag >> SUB_BITS).checked_sub(self.base)? as usize;
+        match (self.pending.get_mut(i)?, tag & SUB_MASK) {
+            (Entry::One(f), 0) => Some(f),
+            (Entry::Many(m), part) if part > 0 => m.parts.get_mut(part as usize - 1),
+            _ => None,
+        }
+    }
+
+    /// Records a finished part; when the whole entry is done it becomes `Ready`.
+    fn finish(&mut self, tag: u64, frame: Bytes) {
+        let Some(i) = (tag >> SUB_BITS).checked_sub(self.base).map(|i| i as usize) else {
+            return;
+        };
+        let topo = self.topo.load().clone();
+        let Some(entry) = self.pending.get_mut(i) else {
+            return;
+        };
+        match entry {
+            Entry::One(f) => {
+                let frame = match f.post {
+                    Post::None => frame,
+                    Post::Scan { slot } if frame.first() == Some(&b'*') => {
+                        router::scan_reply(&frame, slot, &topo)
+                    }
+                    Post::Scan { .. } => frame,
+                };
+                *entry = Entry::Ready(frame);
+            }
+            Entry::Many(m) => {
+                let part = (tag & SUB_MASK) as usize;
+                if let Some(f) = m.parts.get_mut(part.wrapping_sub(1)) {
+                    if !matches!(f.state, FlightState::Done(_)) {
+                        f.state = FlightState::Done(frame);
+                        m.left -= 1;
+                    }
+                }
+                if m.left == 0 {
+                    let parts: Vec<Bytes> = m
+                        .parts
+                        .iter()
+                        .map(|f| match &f.state {
+                            FlightState::Done(b) => b.clone(),
+                            _ => Bytes::new(),
+                        })
+                        .collect();
+                    *entry = Entry::Ready(merge(m.merge, &parts, &m.order));
+                }
+            }
+            Entry::Ready(_) => {}
+        }
+    }
+
+    /// Sends (or resends) the request `tag` to where its target says.
+    fn send(&mut self, tag: u64) {
+        let lane = self.id as usize;
+        let topo = self.topo.load().clone();
+        let proto = self.proto;
+        let reply_to = self.tx.clone();
+        let Some(f) = self.flight(tag) else { return };
+        let (node, asking) = match f.redirect.take() {
+            Some((n, asking)) => (Some(n), asking),
+            None => match &f.target {
+                Target::Slot(s) => (topo.master_for(*s).cloned(), false),
+                Target::AnyMaster => (topo.any_master(lane).cloned(), false),
+                Target::Node(n) => (Some(n.clone()), false),
+            },
+        };
+        let Some(node) = node else {
+            let stats = &self.shared.cluster.stats;
+            if topo.is_empty()
+                && stats.failed.load(Ordering::Relaxed) > 0
+                && stats.ok.load(Ordering::Relaxed) == 0
+            {
+                let why = self.shared.cluster.last_error().unwrap_or_default();
+                let msg = format!("CLUSTERDOWN slotmux has no cluster topology yet ({why})");
+                return self.finish(tag, error_frame(&msg));
+            }
+            return self.retry_later(tag, error_frame("CLUSTERDOWN Hash slot not served"));
+        };
+        let req = Request {
+            frame: f.frame.clone(),
+            asking,
+            tag,
+            reply_to,
+        };
+        f.state = FlightState::InFlight;
+        f.node = Some(node.clone());
+        let readonly = f.readonly;
+        match node.send(proto, lane, req) {
+            Ok(()) => {
+                if !readonly && !matches!(&self.last_write, Some(n) if Arc::ptr_eq(n, &node)) {
+                    self.last_write = Some(node);
+                }
+            }
+            Err(_) => {
+                self.shared.cluster.request_refresh();
+                let msg = format!("CLUSTERDOWN slotmux cannot reach node {}", node.addr);
+                self.retry_later(tag, error_frame(&msg));
+            }
+        }
+    }
+
+    /// Schedules a resend with backoff, or gives the client `last_error` once the retry budget
+    /// is spent.
+    fn retry_later(&mut self, tag: u64, last_error: Bytes) {
+        let budget = self.shared.config.retry_budget;
+        let Some(f) = self.flight(tag) else { return };
+        let now = Instant::now();
+        let first = *f.first_failure.get_or_insert(now);
+        if now.duration_since(first) >= budget {
+            return self.finish(tag, last_error);
+        }
+        f.attempts = f.attempts.saturating_add(1);
+        let delay = Duration::from_millis((5u64 << f.attempts.min(7)).min(500));
+        f.state = FlightState::WaitRetry;
+        self.retries.push((now + delay, tag));
+        self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn run_due_retries(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.retries.retain(|&(at, tag)| {
+            if at <= now {
+                due.push(tag);
+                false
+            } else {
+                true
+            }
+        });
+        due.sort_unstable();
+        for tag in due {
+            if matches!(
+                self.flight(tag).map(|f| &f.state),
+                Some(FlightState::WaitRetry)
+            ) {
+                self.send(tag);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let tag = reply.tag;
+        let max_redirects = self.shared.config.max_redirects;
+        let Some(f) = self.flight(tag) else { return };
+        if !matches!(f.state, FlightState::InFlight) {
+            return;
+        }
+        let frame = match reply.result {
+            Ok(frame) => frame,
+            Err(e) => return self.on_upstream_error(tag, e),
+        };
+        if frame.first() != Some(&b'-') {
+            return self.finish(tag, frame);
+        }
+        match classify(&frame) {
+            Some(Redirect::Moved { slot, addr }) | Some(Redirect::Ask { slot, addr }) => {
+                let ask = frame.starts_with(b"-ASK ");
+                f.redirects += 1;
+                let over = f.redirects > max_redirects;
+                let addr = full_addr(addr, f.node.as_deref());
+                let stats = &self.shared.stats;
+                let stat = if ask { &stats.ask } else { &stats.moved };
+                stat.fetch_add(1, Ordering::Relaxed);
+                if over {
+                    return self.finish(tag, frame);
+                }
+                let node = if ask {
+                    self.shared.cluster.registry.get_or_create(&addr)
+                } else {
+                    self.shared.cluster.note_moved(slot, &addr)
+                };
+                if let Some(f) = self.flight(tag) {
+                    f.redirect = Some((node, ask));
+                }
+                self.send(tag);
+            }
+            Some(Redirect::ClusterDown) => {
+                self.shared.cluster.request_refresh();
+                self.retry_later(tag, frame);
+            }
+            Some(Redirect::TryAgain) | Some(Redirect::Loading) => self.retry_later(tag, frame),
+            None => self.finish(tag, frame),
+        }
+    }
+
+    fn on_upstream_error(&mut self, tag: u64, e: UpstreamError) {
+        self.shared.cluster.request_refresh();
+        let Some(f) = self.flight(tag) else { return };
+        let addr = f
+            .node
+            .as_ref()
+            .map(|n| n.addr.to_string())
+            .unwrap_or_default();
+        if e.always_retryable() || f.readonly {
+            let msg = format!("CLUSTERDOWN slotmux: node {addr} unavailable ({e})");
+            return self.retry_later(tag, error_frame(&msg));
+        }
+        self.shared
+            .stats
+            .unknown_outcome
+            .fetch_add(1, Ordering::Relaxed);
+        let msg = format!(
+            "ERR slotmux: {e} on node {addr} after the command was sent; it may or may not have been executed"
+        );
+        self.finish(tag, error_frame(&msg));
+    }
+}
+
+fn error_frame(msg: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(msg.len() + 3);
+    write::error(&mut b, msg);
+    b.freeze()
+}
+
+/// Redis's text for an unknown command, with the first arguments quoted.
+fn unknown_command(args: Args<'_>) -> String {
+    let name = args.get(0).unwrap_or_default();
+    let mut rest = String::new();
+    for i in 1..args.len() {
+        if rest.len() >= 128 {
+            break;
+        }
+        let a = args.get(i).unwrap_or_default();
+        let room = 128 - rest.len();
+        rest.push('\'');
+        rest.push_str(&String::from_utf8_lossy(&a[..a.len().min(room)]));
+        rest.push_str("' ");
+    }
+    format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(&name[..name.len().min(128)]),
+        rest
+    )
+}
+
+/// A redirect address with an empty host (`:7001`) means "the host you asked".
+fn full_addr(addr: &str, asked: Option<&Node>) -> String {
+    if let Some(port) = addr.strip_prefix(':') {
+        if let Some(n) = asked {
+            if let Some((host, _)) = n.addr.rsplit_once(':') {
+                return format!("{host}:{port}");
+            }
+        }
+    }
+    addr.to_string()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
