@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_MAXCLIENTS", default_value_t = 10000)]
     pub maxclients: usize,
 
+    /// Most clients blocked at once in BLPOP, XREAD BLOCK and the like; each holds a backend
+    /// connection of its own while it waits.
+    #[arg(long, env = "SLOTMUX_MAX_BLOCKING_CLIENTS", default_value_t = 1000)]
+    pub max_blocking_clients: usize,
+
     /// Most commands one client may have in flight; slotmux stops reading from a client at
     /// this depth until replies drain (backpressure instead of unbounded buffers).
     #[arg(long, env = "SLOTMUX_MAX_PIPELINE", default_value_t = 1024,

@@ -46,6 +46,9 @@ pub enum Route {
     },
     /// WAIT goes to the node of the client's last write.
     LastWrite,
+    /// A blocking command for this slot, on a connection of the client's own.
+    Blocking(u16),
+    Transaction(command::Tx),
     Error(Cow<'static, str>),
 }
 
@@ -62,12 +65,13 @@ pub fn route(
         Handling::Local(l) => Route::Local(l),
         Handling::AnyMaster => Route::Forward(Target::AnyMaster),
         Handling::Refused(why) => {
-            let name = String::from_utf8_lossy(args.get(0).unwrap_or_default()).to_ascii_lowercase();
+            let name =
+                String::from_utf8_lossy(args.get(0).unwrap_or_default()).to_ascii_lowercase();
             Route::Error(Cow::Owned(format!("ERR slotmux: '{name}' {why}")))
         }
-        Handling::KeyedUnlessBlock if has_block_arg(args) => Route::Error(Cow::Borrowed(
-            "ERR slotmux: XREAD/XREADGROUP with BLOCK is a blocking command; slotmux does not give blocking commands a dedicated connection yet",
-        )),
+        Handling::Blocking => blocking(spec, args),
+        Handling::KeyedUnlessBlock if has_block_arg(args) => blocking(spec, args),
+        Handling::Transaction(t) => Route::Transaction(t),
         Handling::Keyed | Handling::KeyedUnlessBlock => match command::slot_of(spec, args) {
             SlotOf::One(s) => Route::Forward(Target::Slot(s)),
             SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),
@@ -80,19 +84,39 @@ pub fn route(
         },
         Handling::AllMasters(merge) => Route::Split(Plan {
             merge,
-            parts: topo.masters.iter().map(|m| (Target::Node(m.clone()), whole(args))).collect(),
+            parts: topo
+                .masters
+                .iter()
+                .map(|m| (Target::Node(m.clone()), whole(args)))
+                .collect(),
             order: Vec::new(),
         }),
         Handling::AllNodes(merge) => {
-            let mut parts: Vec<(Target, Bytes)> =
-                topo.masters.iter().map(|m| (Target::Node(m.clone()), whole(args))).collect();
+            let mut parts: Vec<(Target, Bytes)> = topo
+                .masters
+                .iter()
+                .map(|m| (Target::Node(m.clone()), whole(args)))
+                .collect();
             for r in topo.replicas.iter().flatten() {
                 parts.push((Target::Node(registry.get_or_create(r)), whole(args)));
             }
-            Route::Split(Plan { merge, parts, order: Vec::new() })
+            Route::Split(Plan {
+                merge,
+                parts,
+                order: Vec::new(),
+            })
         }
         Handling::Scan => scan(args, topo),
         Handling::LastWrite => Route::LastWrite,
+    }
+}
+
+fn blocking(spec: &'static CommandSpec, args: Args<'_>) -> Route {
+    match command::slot_of(spec, args) {
+        SlotOf::One(s) => Route::Blocking(s),
+        SlotOf::CrossSlot => Route::Error(Cow::Borrowed(CROSSSLOT)),
+        // Malformed: any master produces Redis's own error (without blocking).
+        SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),
     }
 }
 

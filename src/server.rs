@@ -32,8 +32,20 @@ pub struct Stats {
     pub unknown_outcome: AtomicU64,
 }
 
+/// A place in the blocking-clients limit; released on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// State shared by every session.
 pub struct Shared {
+    /// Clients currently holding a dedicated connection for a blocking command.
+    pub blocked: Arc<AtomicUsize>,
     pub config: Arc<Config>,
     pub cluster: Arc<Cluster>,
     pub next_client_id: AtomicU64,
@@ -64,6 +76,7 @@ impl Shared {
         );
         cluster.spawn_refresher();
         Arc::new(Shared {
+            blocked: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
             cluster,
             next_client_id: AtomicU64::new(0),
@@ -71,6 +84,13 @@ impl Shared {
             stats: Stats::default(),
             started: Instant::now(),
         })
+    }
+
+    /// A place for one more blocked client, if the limit allows.
+    pub fn blocking_permit(&self) -> Option<Permit> {
+        let n = self.blocked.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit(self.blocked.clone());
+        (n < self.config.max_blocking_clients).then_some(permit)
     }
 
     /// Ready = every slot has a master and no master is in connect backoff.

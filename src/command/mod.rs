@@ -106,6 +106,20 @@ pub enum Handling {
     Scan,
     /// WAIT: the node of the client's last write.
     LastWrite,
+    /// Blocking (BLPOP, BZPOPMIN, XREAD BLOCK...): routed by its keys on a connection of the
+    /// client's own, so it never stalls the shared pipeline.
+    Blocking,
+    /// MULTI/EXEC/DISCARD/WATCH/UNWATCH: pinned to one master on a connection of its own.
+    Transaction(Tx),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tx {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
 }
 
 const WHOLE_CLUSTER: &str =
@@ -170,7 +184,11 @@ pub fn policy(spec: &CommandSpec) -> Handling {
         "scan" => Scan,
         "wait" => LastWrite,
         "lastsave" => AnyMaster,
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => Refused(TRANSACTION),
+        "multi" => Transaction(Tx::Multi),
+        "exec" => Transaction(Tx::Exec),
+        "discard" => Transaction(Tx::Discard),
+        "watch" => Transaction(Tx::Watch),
+        "unwatch" => Transaction(Tx::Unwatch),
         "monitor" | "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover"
         | "replicaof" | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move"
         | "migrate" | "module" | "asking" => Refused(ADMIN),
@@ -192,6 +210,9 @@ pub fn policy(spec: &CommandSpec) -> Handling {
 fn default_policy(spec: &CommandSpec) -> Handling {
     if spec.flags & table::F_PUBSUB != 0 {
         return Handling::Refused(PUBSUB);
+    }
+    if spec.flags & table::F_BLOCKING != 0 && !spec.key_specs.is_empty() {
+        return Handling::Blocking;
     }
     if spec.flags & table::F_BLOCKING != 0 {
         return Handling::Refused(BLOCKING);

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::cluster::Topology;
+use crate::command::Tx;
 use crate::command::{self, Args};
 use crate::merge::{merge, Merge};
 use crate::resp::reply::{classify, Redirect};
@@ -29,6 +30,7 @@ use crate::resp::request::{Limits, RequestScanner};
 use crate::resp::write::{self, Proto};
 use crate::router::{self, Route, Target};
 use crate::server::Shared;
+use crate::upstream::conn::{ConnHandle, Mode};
 use crate::upstream::{Node, Reply, Request, UpstreamError};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -37,6 +39,9 @@ const OUT_HIGH: usize = 1 << 20;
 /// Tags are `entry << SUB_BITS | part`, part 0 being the entry's own request.
 const SUB_BITS: u32 = 24;
 const SUB_MASK: u64 = (1 << SUB_BITS) - 1;
+/// Tag for requests whose replies nobody waits for (the MULTI slotmux sends when it pins a
+/// transaction, and the commands it had already answered QUEUED for).
+const DISCARD_TAG: u64 = u64::MAX;
 
 #[derive(Debug)]
 enum FlightState {
@@ -53,6 +58,36 @@ enum Post {
     Scan {
         slot: u16,
     },
+    /// The transaction is over after this reply (EXEC, DISCARD, UNWATCH): release the pinned
+    /// connection.
+    Unpin,
+}
+
+/// Which connection a request travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The node's shared, multiplexed connections.
+    Shared,
+    /// A connection of its own, opened per send (blocking commands).
+    Dedicated,
+    /// The session's pinned transaction connection; no redirects are followed (Redis reports
+    /// them inside a transaction too).
+    Pinned,
+}
+
+/// The connection a transaction (WATCH ... MULTI ... EXEC) is pinned to.
+struct Pinned {
+    conn: ConnHandle,
+    node: Arc<Node>,
+}
+
+/// State between MULTI and EXEC/DISCARD.
+#[derive(Default)]
+struct Multi {
+    slot: Option<u16>,
+    aborted: bool,
+    /// Keyless commands answered QUEUED before the transaction had a node.
+    buffered: Vec<Bytes>,
 }
 
 /// One request to one node, with its redirect and retry state.
@@ -70,6 +105,12 @@ struct Flight {
     first_failure: Option<Instant>,
     state: FlightState,
     post: Post,
+    via: Via,
+    /// The dedicated connection of a blocking command (closed when the flight is dropped),
+    /// with its slot in the blocking-clients limit.
+    #[allow(dead_code)]
+    // held only so the connection and the permit live as long as the flight
+    own: Option<(ConnHandle, crate::server::Permit)>,
 }
 
 impl Flight {
@@ -85,7 +126,14 @@ impl Flight {
             first_failure: None,
             state: FlightState::InFlight,
             post: Post::None,
+            via: Via::Shared,
+            own: None,
         }
+    }
+
+    fn via(mut self, via: Via) -> Self {
+        self.via = via;
+        self
     }
 }
 
@@ -124,6 +172,8 @@ pub struct Session {
     out: BytesMut,
     closing: bool,
     last_write: Option<Arc<Node>>,
+    pinned: Option<Pinned>,
+    multi: Option<Multi>,
 }
 
 impl Session {
@@ -155,6 +205,8 @@ impl Session {
             out: BytesMut::with_capacity(READ_CHUNK),
             closing: false,
             last_write: None,
+            pinned: None,
+            multi: None,
         };
         let cfg = s.shared.config.clone();
         let mut scanner = RequestScanner::new(Limits {
@@ -229,7 +281,12 @@ impl Session {
                 r = rd.read_buf(&mut inbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => {
-                            // Half-close: answer what was sent, then close, as Redis does.
+                            // Half-close: answer what was sent, then close. A blocked command
+                            // or a transaction would wait for ever for a client that is gone:
+                            // those end now (closing their connections releases the node).
+                            if s.holds_dedicated() {
+                                break;
+                            }
                             s.closing = true;
                             inbuf.clear();
                         }
@@ -318,8 +375,21 @@ impl Session {
         let readonly = command::is_readonly(spec);
         let topo = self.topo.load().clone();
         let route = router::route(spec, args, &topo, &self.shared.cluster.registry);
+        if let Route::Transaction(t) = route {
+            return self.transaction(t, frame.clone(), args, spec, &topo);
+        }
+        if self.multi.is_some() {
+            return self.queue_in_multi(route, frame.clone(), args);
+        }
         let entry = self.base + self.pending.len() as u64;
         match route {
+            Route::Transaction(_) => {}
+            Route::Blocking(slot) => {
+                self.pending.push_back(Entry::One(
+                    Flight::new(frame, Target::Slot(slot), readonly).via(Via::Dedicated),
+                ));
+                self.send(entry << SUB_BITS);
+            }
             Route::Forward(target) => {
                 self.pending
                     .push_back(Entry::One(Flight::new(frame, target, readonly)));
@@ -365,6 +435,223 @@ impl Session {
         }
     }
 
+    /// Opens the transaction's own connection to `node`.
+    fn pin(&mut self, node: Arc<Node>) -> bool {
+        match node.dedicated(self.proto, Mode::Dedicated) {
+            Some(conn) => {
+                self.pinned = Some(Pinned { conn, node });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends on the pinned connection a request whose reply slotmux already gave.
+    fn send_pinned_silently(&self, frame: Bytes) {
+        if let Some(p) = &self.pinned {
+            let _ = p.conn.send(Request {
+                frame,
+                asking: false,
+                tag: DISCARD_TAG,
+                reply_to: self.tx.clone(),
+            });
+        }
+    }
+
+    fn push_pinned(&mut self, frame: Bytes, post: Post) {
+        let entry = self.base + self.pending.len() as u64;
+        let mut f = Flight::new(frame, Target::AnyMaster, false).via(Via::Pinned);
+        f.post = post;
+        self.pending.push_back(Entry::One(f));
+        self.send(entry << SUB_BITS);
+    }
+
+    fn transaction(
+        &mut self,
+        t: Tx,
+        frame: Bytes,
+        args: Args<'_>,
+        spec: &'static command::CommandSpec,
+        topo: &Topology,
+    ) {
+        match t {
+            Tx::Multi => {
+                if self.multi.is_some() {
+                    return self.reply_error("ERR MULTI calls can not be nested");
+                }
+                self.multi = Some(Multi::default());
+                if self.pinned.is_some() {
+                    self.push_pinned(frame, Post::None);
+                } else {
+                    self.reply_local(|o, _| write::ok(o));
+                }
+            }
+            Tx::Watch => {
+                if self.multi.is_some() {
+                    return self.reply_error("ERR WATCH inside MULTI is not allowed");
+                }
+                let slot = match command::slot_of(spec, args) {
+                    command::SlotOf::One(s) => s,
+                    command::SlotOf::CrossSlot => {
+                        return self
+                            .reply_error("CROSSSLOT Keys in request don't hash to the same slot")
+                    }
+                    _ => {
+                        return self
+                            .reply_error("ERR wrong number of arguments for 'watch' command")
+                    }
+                };
+                let Some(node) = topo.master_for(slot).cloned() else {
+                    return self.reply_error("CLUSTERDOWN Hash slot not served");
+                };
+                match &self.pinned {
+                    Some(p) if !Arc::ptr_eq(&p.node, &node) => {
+                        return self
+                            .reply_error("CROSSSLOT Keys in request don't hash to the same slot")
+                    }
+                    Some(_) => {}
+                    None => {
+                        if !self.pin(node.clone()) {
+                            return self.reply_error(&format!(
+                                "CLUSTERDOWN slotmux cannot reach node {}",
+                                node.addr
+                            ));
+                        }
+                    }
+                }
+                self.push_pinned(frame, Post::None);
+            }
+            Tx::Unwatch => match (&self.pinned, &self.multi) {
+                (Some(_), None) => self.push_pinned(frame, Post::Unpin),
+                (Some(_), Some(_)) => self.push_pinned(frame, Post::None),
+                (None, _) => self.reply_local(|o, _| write::ok(o)),
+            },
+            Tx::Discard => {
+                if self.multi.take().is_none() {
+                    return self.reply_error("ERR DISCARD without MULTI");
+                }
+                if self.pinned.is_some() {
+                    self.push_pinned(frame, Post::Unpin);
+                } else {
+                    self.reply_local(|o, _| write::ok(o));
+                }
+            }
+            Tx::Exec => {
+                let Some(m) = self.multi.take() else {
+                    return self.reply_error("ERR EXEC without MULTI");
+                };
+                if m.aborted {
+                    // Closing the connection discards the transaction and the WATCHes.
+                    self.pinned = None;
+                    return self.reply_error(
+                        "EXECABORT Transaction discarded because of previous errors.",
+                    );
+                }
+                if self.pinned.is_none() {
+                    // Only keyless commands were queued: any master runs them.
+                    let Some(node) = topo.any_master(self.id as usize).cloned() else {
+                        return self.reply_error("CLUSTERDOWN Hash slot not served");
+                    };
+                    if !self.pin(node.clone()) {
+                        return self.reply_error(&format!(
+                            "CLUSTERDOWN slotmux cannot reach node {}",
+                            node.addr
+                        ));
+                    }
+                    self.send_pinned_silently(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"));
+                    for b in m.buffered {
+                        self.send_pinned_silently(b);
+                    }
+                }
+                self.push_pinned(frame, Post::Unpin);
+            }
+        }
+    }
+
+    /// A command between MULTI and EXEC: all keys of a transaction must share one slot, the
+    /// first key pins the transaction to that slot's master.
+    fn queue_in_multi(&mut self, route: Route, frame: Bytes, args: Args<'_>) {
+        let slot = match &route {
+            Route::Forward(Target::Slot(s)) | Route::Blocking(s) => Some(*s),
+            Route::Scan { slot, .. } => Some(*slot),
+            Route::Split(_) => {
+                if let Some(m) = &mut self.multi {
+                    m.aborted = true;
+                }
+                return self.reply_error("CROSSSLOT Keys in request don't hash to the same slot");
+            }
+            Route::Error(msg) => {
+                if let Some(m) = &mut self.multi {
+                    m.aborted = true;
+                }
+                let msg = msg.to_string();
+                return self.reply_error(&msg);
+            }
+            Route::Local(crate::command::Local::Quit) => {
+                return self.local(crate::command::Local::Quit, args)
+            }
+            _ => None,
+        };
+        let Some(m) = self.multi.as_mut() else { return };
+        if m.aborted {
+            return self.reply_local(|o, _| write::simple(o, "QUEUED"));
+        }
+        if let Some(s) = slot {
+            match m.slot {
+                Some(prev) if prev != s => {
+                    m.aborted = true;
+                    return self
+                        .reply_error("CROSSSLOT Keys in request don't hash to the same slot");
+                }
+                Some(_) => {}
+                None => {
+                    m.slot = Some(s);
+                    if self.pinned.is_none() {
+                        let topo = self.topo.load().clone();
+                        let Some(node) = topo.master_for(s).cloned() else {
+                            if let Some(m) = &mut self.multi {
+                                m.aborted = true;
+                            }
+                            return self.reply_error("CLUSTERDOWN Hash slot not served");
+                        };
+                        if !self.pin(node.clone()) {
+                            if let Some(m) = &mut self.multi {
+                                m.aborted = true;
+                            }
+                            return self.reply_error(&format!(
+                                "CLUSTERDOWN slotmux cannot reach node {}",
+                                node.addr
+                            ));
+                        }
+                        let buffered = self
+                            .multi
+                            .as_mut()
+                            .map(|m| std::mem::take(&mut m.buffered))
+                            .unwrap_or_default();
+                        self.send_pinned_silently(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"));
+                        for b in buffered {
+                            self.send_pinned_silently(b);
+                        }
+                    }
+                }
+            }
+        }
+        if self.pinned.is_some() {
+            self.push_pinned(frame, Post::None);
+        } else if let Some(m) = self.multi.as_mut() {
+            m.buffered.push(frame);
+            self.reply_local(|o, _| write::simple(o, "QUEUED"));
+        }
+    }
+
+    fn holds_dedicated(&self) -> bool {
+        self.pinned.is_some()
+            || self
+                .pending
+                .iter()
+                .any(|e| matches!(e, Entry::One(f) if f.via == Via::Dedicated))
+    }
+
     fn flight(&mut self, tag: u64) -> Option<&mut Flight> {
         let i = (tag >> SUB_BITS).checked_sub(self.base)? as usize;
         match (self.pending.get_mut(i)?, tag & SUB_MASK) {
@@ -385,14 +672,18 @@ impl Session {
         };
         match entry {
             Entry::One(f) => {
+                let unpin = matches!(f.post, Post::Unpin);
                 let frame = match f.post {
-                    Post::None => frame,
+                    Post::None | Post::Unpin => frame,
                     Post::Scan { slot } if frame.first() == Some(&b'*') => {
                         router::scan_reply(&frame, slot, &topo)
                     }
                     Post::Scan { .. } => frame,
                 };
                 *entry = Entry::Ready(frame);
+                if unpin && self.multi.is_none() {
+                    self.pinned = None;
+                }
             }
             Entry::Many(m) => {
                 let part = (tag & SUB_MASK) as usize;
@@ -424,7 +715,44 @@ impl Session {
         let topo = self.topo.load().clone();
         let proto = self.proto;
         let reply_to = self.tx.clone();
+        let pinned = self
+            .pinned
+            .as_ref()
+            .map(|p| (p.conn.sender(), p.node.clone()));
+        let permit = match self.flight(tag).map(|f| f.via) {
+            Some(Via::Dedicated) => match self.shared.blocking_permit() {
+                Some(p) => Some(p),
+                None => {
+                    let msg = format!(
+                        "ERR slotmux: too many blocked clients (--max-blocking-clients {})",
+                        self.shared.config.max_blocking_clients
+                    );
+                    return self.finish(tag, error_frame(&msg));
+                }
+            },
+            _ => None,
+        };
         let Some(f) = self.flight(tag) else { return };
+        if f.via == Via::Pinned {
+            let req = Request {
+                frame: f.frame.clone(),
+                asking: false,
+                tag,
+                reply_to,
+            };
+            f.state = FlightState::InFlight;
+            let sent = match pinned {
+                Some((conn, node)) => {
+                    f.node = Some(node);
+                    conn.send(req).is_ok()
+                }
+                None => false,
+            };
+            if !sent {
+                self.finish(tag, error_frame("ERR slotmux: the transaction's connection was lost; the transaction was discarded"));
+            }
+            return;
+        }
         let (node, asking) = match f.redirect.take() {
             Some((n, asking)) => (Some(n), asking),
             None => match &f.target {
@@ -454,7 +782,21 @@ impl Session {
         f.state = FlightState::InFlight;
         f.node = Some(node.clone());
         let readonly = f.readonly;
-        match node.send(proto, lane, req) {
+        let result = if f.via == Via::Dedicated {
+            // A fresh connection per (re)send; the old one, if any, closes here.
+            f.own = None;
+            match (node.dedicated(proto, Mode::Dedicated), permit) {
+                (Some(conn), Some(permit)) => {
+                    let r = conn.send(req).map_err(|_| ());
+                    f.own = Some((conn, permit));
+                    r
+                }
+                _ => Err(()),
+            }
+        } else {
+            node.send(proto, lane, req).map_err(|_| ())
+        };
+        match result {
             Ok(()) => {
                 if !readonly && !matches!(&self.last_write, Some(n) if Arc::ptr_eq(n, &node)) {
                     self.last_write = Some(node);
@@ -518,7 +860,7 @@ impl Session {
             Ok(frame) => frame,
             Err(e) => return self.on_upstream_error(tag, e),
         };
-        if frame.first() != Some(&b'-') {
+        if frame.first() != Some(&b'-') || f.via == Via::Pinned {
             return self.finish(tag, frame);
         }
         match classify(&frame) {

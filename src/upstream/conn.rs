@@ -47,6 +47,11 @@ impl ConnHandle {
         self.alive.load(Ordering::Relaxed)
     }
 
+    /// A sender for this connection (keeps it open while held).
+    pub fn sender(&self) -> UnboundedSender<Request> {
+        self.tx.clone()
+    }
+
     /// Queues a request. Gives it back if the connection is already closed.
     pub fn send(&self, req: Request) -> Result<(), Request> {
         self.tx.send(req).map_err(|e| e.0)
@@ -63,11 +68,30 @@ pub enum ConnEnd {
     Timeout,
 }
 
+/// How a connection is used.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Shared by many sessions: replies matched to requests in order, reply timeout on.
+    Shared,
+    /// Owned by one session (transactions, blocking commands): replies matched in order, no
+    /// reply timeout (a BLPOP may wait forever), and closed as soon as the handle is dropped,
+    /// even with a request in flight.
+    Dedicated,
+    /// Owned by one session for pub/sub: every frame the node sends is delivered with this tag
+    /// to this sender; requests get no reply of their own. Closed when the handle is dropped;
+    /// when the connection ends, the sender gets one `Err(Lost)` with the tag.
+    Stream {
+        tag: u64,
+        to: UnboundedSender<Reply>,
+    },
+}
+
 /// Starts a connection task to `addr`. `on_end` runs once when the task ends, with why.
 pub fn spawn(
     addr: Arc<str>,
     proto: Proto,
     settings: Arc<ConnSettings>,
+    mode: Mode,
     on_connected: impl FnOnce() + Send + 'static,
     on_end: impl FnOnce(&ConnEnd) + Send + 'static,
 ) -> ConnHandle {
@@ -75,7 +99,13 @@ pub fn spawn(
     let alive = Arc::new(AtomicBool::new(true));
     let flag = alive.clone();
     tokio::spawn(async move {
-        let end = run(&addr, proto, &settings, rx, &flag, on_connected).await;
+        let end = run(&addr, proto, &settings, &mode, rx, &flag, on_connected).await;
+        if let Mode::Stream { tag, to } = &mode {
+            let _ = to.send(Reply {
+                tag: *tag,
+                result: Err(UpstreamError::Lost),
+            });
+        }
         on_end(&end);
     });
     ConnHandle { tx, alive }
@@ -92,6 +122,7 @@ async fn run(
     addr: &str,
     proto: Proto,
     settings: &ConnSettings,
+    mode: &Mode,
     mut rx: UnboundedReceiver<Request>,
     alive: &AtomicBool,
     on_connected: impl FnOnce(),
@@ -100,7 +131,7 @@ async fn run(
     let end = match connect(addr, proto, settings).await {
         Ok(mut stream) => {
             on_connected();
-            pump(&mut stream, &mut rx, &mut q, settings.reply_timeout).await
+            pump(&mut stream, &mut rx, &mut q, settings.reply_timeout, mode).await
         }
         Err(e) => ConnEnd::ConnectFailed(e),
     };
@@ -210,7 +241,17 @@ pub async fn read_replies(stream: &mut TcpStream, n: usize) -> std::io::Result<V
     Ok(out)
 }
 
-fn enqueue(wbuf: &mut BytesMut, q: &mut VecDeque<Inflight>, req: Request, now: Instant) {
+fn enqueue(
+    wbuf: &mut BytesMut,
+    q: &mut VecDeque<Inflight>,
+    req: Request,
+    now: Instant,
+    mode: &Mode,
+) {
+    if let Mode::Stream { .. } = mode {
+        wbuf.extend_from_slice(&req.frame);
+        return;
+    }
     if req.asking {
         wbuf.extend_from_slice(ASKING);
         q.push_back(Inflight {
@@ -232,7 +273,9 @@ async fn pump(
     rx: &mut UnboundedReceiver<Request>,
     q: &mut VecDeque<Inflight>,
     timeout: Duration,
+    mode: &Mode,
 ) -> ConnEnd {
+    let timeout_on = matches!(mode, Mode::Shared);
     let (mut rd, mut wr) = stream.split();
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -245,7 +288,7 @@ async fn pump(
         if !rx_open && q.is_empty() && wbuf.is_empty() {
             return ConnEnd::Idle;
         }
-        if !armed {
+        if !armed && timeout_on {
             if let Some(front) = q.front() {
                 sleep.as_mut().reset(front.sent + timeout);
                 armed = true;
@@ -266,6 +309,12 @@ async fn pump(
                     match scanner.scan(&rbuf) {
                         Ok(Some(len)) => {
                             let frame = rbuf.split_to(len).freeze();
+                            if let Mode::Stream { tag, to } = mode {
+                                if to.send(Reply { tag: *tag, result: Ok(frame) }).is_err() {
+                                    return ConnEnd::Idle;
+                                }
+                                continue;
+                            }
                             if frame[0] == b'>' {
                                 // Out-of-band push (no subscriptions live on shared connections).
                                 continue;
@@ -289,13 +338,15 @@ async fn pump(
             }
             req = rx.recv(), if rx_open && wbuf.len() < WRITE_HIGH => {
                 match req {
+                    // A session-owned connection closes with its owner, in flight or not.
+                    None if !matches!(mode, Mode::Shared) => return ConnEnd::Idle,
                     None => rx_open = false,
                     Some(req) => {
                         let now = Instant::now();
-                        enqueue(&mut wbuf, q, req, now);
+                        enqueue(&mut wbuf, q, req, now, mode);
                         while wbuf.len() < WRITE_HIGH {
                             match rx.try_recv() {
-                                Ok(req) => enqueue(&mut wbuf, q, req, now),
+                                Ok(req) => enqueue(&mut wbuf, q, req, now, mode),
                                 Err(_) => break,
                             }
                         }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use super::conn::{self, ConnEnd, ConnHandle, ConnSettings};
+use super::conn::{self, ConnEnd, ConnHandle, ConnSettings, Mode};
 use super::Request;
 use crate::resp::write::Proto;
 
@@ -135,7 +135,20 @@ impl Node {
         winner.send(req)
     }
 
+    /// A connection of the caller's own (transactions, blocking commands, pub/sub); it is not
+    /// shared and closes when the handle is dropped.
+    pub fn dedicated(&self, proto: Proto, mode: Mode) -> Option<ConnHandle> {
+        if self.health.in_backoff() {
+            return None;
+        }
+        Some(self.open_mode(proto, mode))
+    }
+
     fn open(&self, proto: Proto) -> ConnHandle {
+        self.open_mode(proto, Mode::Shared)
+    }
+
+    fn open_mode(&self, proto: Proto, mode: Mode) -> ConnHandle {
         let health = self.health.clone();
         let ok_health = self.health.clone();
         let hook = self.on_failure.clone();
@@ -144,6 +157,7 @@ impl Node {
             self.addr.clone(),
             proto,
             self.settings.clone(),
+            mode,
             move || ok_health.connected(),
             move |end| match end {
                 ConnEnd::Idle => {}

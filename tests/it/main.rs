@@ -8,6 +8,7 @@ mod basic;
 mod multikey;
 mod redirects;
 mod resp3;
+mod txblock;
 
 use std::sync::OnceLock;
 use support::RedisCluster;
