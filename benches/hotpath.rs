@@ -1,1 +1,588 @@
-fn main() {}
+//! Hot-path micro-benchmarks for slotmux (issue 7).
+//!
+//! Run: `cargo bench --bench hotpath` (about a minute and a half on the 2-core machine; pass a
+//! filter such as `cargo bench --bench hotpath -- request_scan` to run a subset).
+//!
+//! What is measured:
+//! - `request_scan/*`: cutting client commands out of the input buffer with slotmux's
+//!   resumable scanner, against redis-protocol 6's `resp2::decode::decode` (builds an owned
+//!   frame tree) and `decode_range` (offsets only) as baselines. The slotmux side includes
+//!   copying the bytes into the reused `BytesMut`, as a socket read would.
+//! - `slot/*`: CRC16 slot of a short key and of a hashtag key.
+//! - `reply_scan/*`: finding the end of a backend reply (bulk, array of 100, 10,000-deep
+//!   nesting), with `decode` as baseline where it is safe (its recursion is not, on a deep
+//!   reply, so the deep case has no baseline).
+//! - `route/*`: one command through the in-process path with no network: scan + lookup +
+//!   slot_of, and the fuller sequence `Session::handle` runs before sending (arity, read-only
+//!   flag, policy).
+//! - `hop/*`: one message through a tokio unbounded mpsc channel (a forwarded command takes two:
+//!   session -> backend connection, and the reply back).
+//!
+//! Before the criterion benchmarks, a counting global allocator prints the heap allocations per
+//! command of the steady-state routing path (lines starting with `ALLOCS`).
+
+use bytes::{Bytes, BytesMut};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use slotmux::cluster::key_slot;
+use slotmux::command::{self, lookup, slot_of, Args, SlotOf};
+use slotmux::resp::reply::{classify, ReplyScanner};
+use slotmux::resp::request::{Limits, RequestScanner};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> (u64, u64) {
+    (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+fn cmd(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// redis-benchmark's key shape (`key:__rand_int__`).
+const KEY: &[u8] = b"key:000000000042";
+
+fn get_frame() -> Vec<u8> {
+    cmd(&[b"GET", KEY])
+}
+
+fn set_1k_frame() -> Vec<u8> {
+    cmd(&[b"SET", KEY, &[b'x'; 1024]])
+}
+
+fn mset_100_frame() -> Vec<u8> {
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..100)
+        .map(|i| {
+            (
+                format!("{{user1000}}:field:{i:03}").into_bytes(),
+                format!("value:{i:04}").into_bytes(),
+            )
+        })
+        .collect();
+    let mut args: Vec<&[u8]> = vec![b"MSET"];
+    for (k, v) in &pairs {
+        args.push(k);
+        args.push(v);
+    }
+    cmd(&args)
+}
+
+fn pipeline_get(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| cmd(&[b"GET", format!("key:{i:012}").as_bytes()]))
+        .collect()
+}
+
+/// MSET with 200,000 arguments after the name (100,000 key/value pairs): about 2 MB.
+fn huge_mset() -> Vec<u8> {
+    let mut input = b"*200001\r\n$4\r\nMSET\r\n".to_vec();
+    for i in 0..100_000 {
+        let k = format!("k{i}");
+        input.extend_from_slice(format!("${}\r\n{}\r\n$1\r\nv\r\n", k.len(), k).as_bytes());
+    }
+    input
+}
+
+fn bulk_reply(n: usize) -> Vec<u8> {
+    let mut r = format!("${n}\r\n").into_bytes();
+    r.extend(std::iter::repeat_n(b'v', n));
+    r.extend_from_slice(b"\r\n");
+    r
+}
+
+fn array_reply(n: usize) -> Vec<u8> {
+    let mut r = format!("*{n}\r\n").into_bytes();
+    for i in 0..n {
+        let v = format!("value:{i:010}");
+        r.extend_from_slice(format!("${}\r\n{}\r\n", v.len(), v).as_bytes());
+    }
+    r
+}
+
+fn nested_reply(depth: usize) -> Vec<u8> {
+    let mut r = b"*1\r\n".repeat(depth);
+    r.extend_from_slice(b":1\r\n");
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by benches and the allocation report
+
+/// scan + lookup + slot_of, the minimal routing path the brief names.
+#[inline]
+fn route_min(scanner: &mut RequestScanner, buf: &mut BytesMut) -> Option<(Bytes, SlotOf)> {
+    let frame = scanner.next(buf).ok()??;
+    let args = Args {
+        frame: &frame,
+        ranges: scanner.args(),
+    };
+    let spec = lookup(args.get(0)?)?;
+    let slot = slot_of(spec, args);
+    Some((frame, slot))
+}
+
+/// What `Session::handle` does for a keyed command before it hands the frame to a backend
+/// connection: lookup (and subcommand lookup), arity check, read-only flag, policy (which
+/// `handle` evaluates twice for keyed commands), slot.
+#[inline]
+fn route_full(scanner: &mut RequestScanner, buf: &mut BytesMut) -> Option<(Bytes, SlotOf, bool)> {
+    let frame = scanner.next(buf).ok()??;
+    let args = Args {
+        frame: &frame,
+        ranges: scanner.args(),
+    };
+    let mut spec = lookup(args.get(0)?)?;
+    if !spec.subcommands.is_empty() && args.len() >= 2 {
+        spec = command::lookup_sub(spec, args.get(1)?)?;
+    }
+    if !command::arity_ok(spec, args.len()) {
+        return None;
+    }
+    let readonly = command::is_readonly(spec);
+    let slot = match command::policy(spec) {
+        command::Handling::Keyed | command::Handling::KeyedUnlessBlock => {
+            let _again = black_box(command::policy(spec) == command::Handling::KeyedUnlessBlock);
+            slot_of(spec, args)
+        }
+        _ => SlotOf::NoKeys,
+    };
+    Some((frame, slot, readonly))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allocation report
+
+fn report(name: &str, commands: u64, before: (u64, u64), after: (u64, u64)) {
+    let n = after.0 - before.0;
+    let b = after.1 - before.1;
+    println!(
+        "ALLOCS {name}: {:.4} allocations per command ({n} allocations, {b} bytes, in {commands} commands)",
+        n as f64 / commands as f64
+    );
+}
+
+fn alloc_report() {
+    const N: u64 = 200_000;
+    let get = get_frame();
+
+    // 1. The brief's steady state: one reused BytesMut refilled with one GET each iteration;
+    //    the frame is dropped before the next command arrives.
+    {
+        let mut scanner = RequestScanner::new(Limits::default());
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        for _ in 0..1000 {
+            buf.extend_from_slice(&get);
+            black_box(route_min(&mut scanner, &mut buf));
+        }
+        let before = allocs();
+        for _ in 0..N {
+            buf.extend_from_slice(&get);
+            let r = route_min(&mut scanner, &mut buf);
+            assert!(matches!(r, Some((_, SlotOf::One(_)))));
+            black_box(r);
+        }
+        report(
+            "scan+lookup+slot_of GET (reused buffer, frame dropped)",
+            N,
+            before,
+            allocs(),
+        );
+    }
+
+    // 2. The same with the full pre-send sequence of Session::handle.
+    {
+        let mut scanner = RequestScanner::new(Limits::default());
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        for _ in 0..1000 {
+            buf.extend_from_slice(&get);
+            black_box(route_full(&mut scanner, &mut buf));
+        }
+        let before = allocs();
+        for _ in 0..N {
+            buf.extend_from_slice(&get);
+            black_box(route_full(&mut scanner, &mut buf));
+        }
+        report(
+            "scan+lookup+arity+policy+slot_of GET (reused buffer, frame dropped)",
+            N,
+            before,
+            allocs(),
+        );
+    }
+
+    // 3. Session-like buffering: reads of 16 pipelined GETs into an input buffer managed as
+    //    Session::run does (reserve 16 KiB when less than 4 KiB is free), frames kept alive
+    //    while "in flight" (a queue of 64, like a backend connection's pipeline), so the
+    //    buffer cannot be reclaimed in place and must be replaced now and then.
+    {
+        let batch: Vec<u8> = get.repeat(16);
+        let mut scanner = RequestScanner::new(Limits::default());
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut inflight: VecDeque<Bytes> = VecDeque::with_capacity(128);
+        let mut run = |rounds: u64, buf: &mut BytesMut| {
+            for _ in 0..rounds {
+                if buf.capacity() - buf.len() < 4 * 1024 {
+                    buf.reserve(16 * 1024);
+                }
+                buf.extend_from_slice(&batch);
+                while let Some((frame, _)) = route_min(&mut scanner, buf) {
+                    if inflight.len() == 64 {
+                        inflight.pop_front();
+                    }
+                    inflight.push_back(frame);
+                }
+            }
+        };
+        run(1000, &mut buf);
+        let before = allocs();
+        run(N / 16, &mut buf);
+        report(
+            "scan+lookup+slot_of GET, pipelined 16, frames held in flight (session buffer policy)",
+            N,
+            before,
+            allocs(),
+        );
+    }
+
+    // 4. One message through tokio's unbounded mpsc (a forwarded command crosses two).
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Bytes)>();
+        let payload = Bytes::from_static(b"+OK\r\n");
+        for i in 0..1000 {
+            tx.send((i, payload.clone())).unwrap();
+            black_box(rx.try_recv().unwrap());
+        }
+        let before = allocs();
+        for i in 0..N {
+            tx.send((i, payload.clone())).unwrap();
+            black_box(rx.try_recv().unwrap());
+        }
+        report(
+            "tokio unbounded mpsc send+recv, one message at a time",
+            N,
+            before,
+            allocs(),
+        );
+        let before = allocs();
+        for r in 0..N / 16 {
+            for i in 0..16 {
+                tx.send((r * 16 + i, payload.clone())).unwrap();
+            }
+            for _ in 0..16 {
+                black_box(rx.try_recv().unwrap());
+            }
+        }
+        report(
+            "tokio unbounded mpsc send+recv, bursts of 16",
+            N,
+            before,
+            allocs(),
+        );
+    }
+
+    // 5. A multi-key command over the 16-argument stack buffer of slot_of, for contrast.
+    {
+        let mset = mset_100_frame();
+        let mut scanner = RequestScanner::new(Limits::default());
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        buf.extend_from_slice(&mset);
+        black_box(route_min(&mut scanner, &mut buf));
+        let n = 10_000;
+        let before = allocs();
+        for _ in 0..n {
+            buf.extend_from_slice(&mset);
+            black_box(route_min(&mut scanner, &mut buf));
+        }
+        report(
+            "scan+lookup+slot_of MSET of 100 same-slot keys",
+            n,
+            before,
+            allocs(),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks
+
+fn request_scan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_scan");
+    let cases: [(&str, Vec<u8>, u64); 4] = [
+        ("get", get_frame(), 1),
+        ("set_1k", set_1k_frame(), 1),
+        ("mset_100", mset_100_frame(), 1),
+        ("pipeline_100_get", pipeline_get(100), 100),
+    ];
+    for (name, input, cmds) in &cases {
+        g.throughput(Throughput::Elements(*cmds));
+        g.bench_with_input(BenchmarkId::new("slotmux", name), input, |b, input| {
+            let mut s = RequestScanner::new(Limits::default());
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            b.iter(|| {
+                buf.extend_from_slice(input);
+                let mut n = 0;
+                while let Some(f) = s.next(&mut buf).unwrap() {
+                    black_box(&f);
+                    n += 1;
+                }
+                debug_assert_eq!(n, *cmds);
+                n
+            })
+        });
+        g.bench_with_input(
+            BenchmarkId::new("redis_protocol_decode", name),
+            input,
+            |b, input| {
+                b.iter(|| {
+                    let mut at = 0;
+                    while at < input.len() {
+                        let (f, used) = redis_protocol::resp2::decode::decode(&input[at..])
+                            .unwrap()
+                            .unwrap();
+                        black_box(f);
+                        at += used;
+                    }
+                    at
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("redis_protocol_decode_range", name),
+            input,
+            |b, input| {
+                b.iter(|| {
+                    let mut at = 0;
+                    while at < input.len() {
+                        let (f, used) = redis_protocol::resp2::decode::decode_range(&input[at..])
+                            .unwrap()
+                            .unwrap();
+                        black_box(f);
+                        at += used;
+                    }
+                    at
+                })
+            },
+        );
+    }
+    g.finish();
+
+    // 200k arguments arriving in 16 KiB reads: resumable (linear) vs restart-from-zero.
+    let mut g = c.benchmark_group("request_scan_mset_200k_in_16k_reads");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(2));
+    let input = huge_mset();
+    g.throughput(Throughput::Bytes(input.len() as u64));
+    g.bench_function("slotmux", |b| {
+        b.iter(|| {
+            let mut s = RequestScanner::new(Limits::default());
+            let mut buf = BytesMut::with_capacity(32 * 1024);
+            let mut got = 0;
+            for piece in input.chunks(16 * 1024) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = s.next(&mut buf).unwrap() {
+                    got += s.args().len();
+                    black_box(f);
+                }
+            }
+            assert_eq!(got, 200_001);
+        })
+    });
+    g.bench_function("redis_protocol_decode", |b| {
+        b.iter(|| {
+            let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+            let mut got = 0;
+            for piece in input.chunks(16 * 1024) {
+                buf.extend_from_slice(piece);
+                if let Some((f, used)) = redis_protocol::resp2::decode::decode(&buf).unwrap() {
+                    black_box(f);
+                    buf.drain(..used);
+                    got += 1;
+                }
+            }
+            assert_eq!(got, 1);
+        })
+    });
+    g.finish();
+}
+
+fn slots(c: &mut Criterion) {
+    let mut g = c.benchmark_group("slot");
+    g.bench_function("short_key", |b| b.iter(|| key_slot(black_box(KEY))));
+    g.bench_function("hashtag_key", |b| {
+        b.iter(|| key_slot(black_box(b"{user1000}.following")))
+    });
+    g.finish();
+}
+
+fn reply_scan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reply_scan");
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("bulk_16b", bulk_reply(16), true),
+        ("bulk_1k", bulk_reply(1024), true),
+        ("array_100", array_reply(100), true),
+        // redis-protocol recurses once per level: no baseline for the deep reply.
+        ("nested_10000", nested_reply(10_000), false),
+    ];
+    for (name, input, baseline) in &cases {
+        g.bench_with_input(BenchmarkId::new("slotmux", name), input, |b, input| {
+            let mut s = ReplyScanner::new();
+            b.iter(|| {
+                let n = s.scan(black_box(input)).unwrap().unwrap();
+                debug_assert_eq!(n, input.len());
+                n
+            })
+        });
+        if *baseline {
+            g.bench_with_input(
+                BenchmarkId::new("redis_protocol_decode", name),
+                input,
+                |b, input| {
+                    b.iter(|| {
+                        redis_protocol::resp2::decode::decode(black_box(input))
+                            .unwrap()
+                            .unwrap()
+                    })
+                },
+            );
+        }
+    }
+    g.bench_function("classify_moved", |b| {
+        b.iter(|| classify(black_box(b"-MOVED 3999 127.0.0.1:6381\r\n")).is_some())
+    });
+    g.bench_function("classify_plain_bulk", |b| {
+        b.iter(|| classify(black_box(b"$3\r\nbar\r\n")).is_some())
+    });
+    g.finish();
+}
+
+fn route(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("get", get_frame()),
+        ("set_1k", set_1k_frame()),
+        ("mset_100_same_slot", mset_100_frame()),
+    ];
+    for (name, input) in &cases {
+        g.bench_with_input(
+            BenchmarkId::new("scan_lookup_slot", name),
+            input,
+            |b, input| {
+                let mut s = RequestScanner::new(Limits::default());
+                let mut buf = BytesMut::with_capacity(64 * 1024);
+                b.iter(|| {
+                    buf.extend_from_slice(input);
+                    route_min(&mut s, &mut buf).unwrap()
+                })
+            },
+        );
+    }
+    let get = get_frame();
+    g.bench_function("session_handle_sequence/get", |b| {
+        let mut s = RequestScanner::new(Limits::default());
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        b.iter(|| {
+            buf.extend_from_slice(&get);
+            route_full(&mut s, &mut buf).unwrap()
+        })
+    });
+    // The parts, to see where the time goes.
+    let spec = lookup(b"GET").unwrap();
+    g.bench_function("part/lookup_get", |b| b.iter(|| lookup(black_box(b"GET"))));
+    g.bench_function("part/lookup_zunionstore", |b| {
+        b.iter(|| lookup(black_box(b"ZUNIONSTORE")))
+    });
+    g.bench_function("part/policy_get", |b| {
+        b.iter(|| command::policy(black_box(spec)))
+    });
+    let ranges = [(0usize, 3usize), (3, 3 + KEY.len())];
+    let mut flat = b"GET".to_vec();
+    flat.extend_from_slice(KEY);
+    g.bench_function("part/slot_of_get", |b| {
+        b.iter(|| {
+            slot_of(
+                spec,
+                Args {
+                    frame: black_box(&flat),
+                    ranges: &ranges,
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+fn hop(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hop");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Bytes)>();
+    let payload = Bytes::from_static(b"$3\r\nbar\r\n");
+    g.bench_function("tokio_unbounded_send_try_recv", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            tx.send((i, payload.clone())).unwrap();
+            rx.try_recv().unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    alloc_report();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(400))
+        .measurement_time(Duration::from_millis(1200))
+        .sample_size(20)
+        .configure_from_args();
+    request_scan(&mut c);
+    slots(&mut c);
+    reply_scan(&mut c);
+    route(&mut c);
+    hop(&mut c);
+    c.final_summary();
+}

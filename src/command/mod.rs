@@ -371,10 +371,8 @@ mod tests {
             }
         }
         assert_eq!(policy(lookup(b"get").unwrap()), Handling::Keyed);
-        assert!(matches!(
-            policy(lookup(b"blpop").unwrap()),
-            Handling::Refused(_)
-        ));
+        assert_eq!(policy(lookup(b"blpop").unwrap()), Handling::Blocking);
+        assert_eq!(policy(lookup(b"mget").unwrap()), Handling::Split(Merge::Mget));
         assert!(matches!(
             policy(lookup(b"subscribe").unwrap()),
             Handling::Refused(_)
