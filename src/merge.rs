@@ -34,7 +34,7 @@ pub enum Merge {
 /// Byte ranges of the elements of a top-level array reply (`*n` or RESP3 `~n`/`>n`).
 pub fn elements(frame: &[u8]) -> Option<Vec<(usize, usize)>> {
     let cr = frame.iter().position(|&b| b == b'\r')?;
-    if !matches!(frame.first(), Some(b'*' | b'~')) {
+    if !matches!(frame.first(), Some(b'*' | b'~' | b'>')) {
         return None;
     }
     let n: i64 = std::str::from_utf8(&frame[1..cr]).ok()?.parse().ok()?;

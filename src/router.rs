@@ -49,6 +49,7 @@ pub enum Route {
     /// A blocking command for this slot, on a connection of the client's own.
     Blocking(u16),
     Transaction(command::Tx),
+    Subscribe(command::Sub),
     Error(Cow<'static, str>),
 }
 
@@ -72,6 +73,9 @@ pub fn route(
         Handling::Blocking => blocking(spec, args),
         Handling::KeyedUnlessBlock if has_block_arg(args) => blocking(spec, args),
         Handling::Transaction(t) => Route::Transaction(t),
+        Handling::Subscribe(k) => Route::Subscribe(k),
+        // Slot 0's master holds every subscription made through slotmux.
+        Handling::PubSubNode => Route::Forward(Target::Slot(0)),
         Handling::Keyed | Handling::KeyedUnlessBlock => match command::slot_of(spec, args) {
             SlotOf::One(s) => Route::Forward(Target::Slot(s)),
             SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),

@@ -111,6 +111,21 @@ pub enum Handling {
     Blocking,
     /// MULTI/EXEC/DISCARD/WATCH/UNWATCH: pinned to one master on a connection of its own.
     Transaction(Tx),
+    /// (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE: on the session's subscription connections.
+    Subscribe(Sub),
+    /// PUBLISH and PUBSUB CHANNELS/NUMSUB/NUMPAT: on the node that holds slotmux's
+    /// subscriptions, so counts match what a single Redis would say.
+    PubSubNode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sub {
+    Subscribe,
+    Unsubscribe,
+    PSubscribe,
+    PUnsubscribe,
+    SSubscribe,
+    SUnsubscribe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +199,16 @@ pub fn policy(spec: &CommandSpec) -> Handling {
         "scan" => Scan,
         "wait" => LastWrite,
         "lastsave" => AnyMaster,
+        "subscribe" => Subscribe(Sub::Subscribe),
+        "unsubscribe" => Subscribe(Sub::Unsubscribe),
+        "psubscribe" => Subscribe(Sub::PSubscribe),
+        "punsubscribe" => Subscribe(Sub::PUnsubscribe),
+        "ssubscribe" => Subscribe(Sub::SSubscribe),
+        "sunsubscribe" => Subscribe(Sub::SUnsubscribe),
+        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => PubSubNode,
+        "pubsub|shardchannels" => AllMasters(Merge::Concat),
+        "spublish" | "pubsub|shardnumsub" => Keyed,
+        "pubsub|help" => AnyMaster,
         "multi" => Transaction(Tx::Multi),
         "exec" => Transaction(Tx::Exec),
         "discard" => Transaction(Tx::Discard),
@@ -372,7 +397,10 @@ mod tests {
         }
         assert_eq!(policy(lookup(b"get").unwrap()), Handling::Keyed);
         assert_eq!(policy(lookup(b"blpop").unwrap()), Handling::Blocking);
-        assert_eq!(policy(lookup(b"mget").unwrap()), Handling::Split(Merge::Mget));
+        assert_eq!(
+            policy(lookup(b"mget").unwrap()),
+            Handling::Split(Merge::Mget)
+        );
         assert!(matches!(
             policy(lookup(b"subscribe").unwrap()),
             Handling::Refused(_)

@@ -16,6 +16,15 @@ impl Session {
     pub(super) fn local(&mut self, cmd: Local, args: Args<'_>) {
         let arg = |i: usize| args.get(i).unwrap_or_default();
         match cmd {
+            Local::Ping if self.proto == Proto::Resp2 && self.subscribed() => {
+                // Redis answers PING in subscribed state with a pub/sub-shaped reply.
+                let msg = args.get(1).unwrap_or_default().to_vec();
+                self.reply_local(|o, _| {
+                    write::array_header(o, 2);
+                    write::bulk(o, b"pong");
+                    write::bulk(o, &msg);
+                })
+            }
             Local::Ping => match args.len() {
                 1 => self.reply_local(|o, _| write::simple(o, "PONG")),
                 2 => self.reply_local(|o, _| write::bulk(o, arg(1))),
@@ -41,6 +50,9 @@ impl Session {
             Local::Auth => self.auth(args),
             Local::Hello => self.hello(args),
             Local::Reset => {
+                self.pubsub = None;
+                self.multi = None;
+                self.pinned = None;
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none();

@@ -9,6 +9,7 @@
 //! state, or resend a command that may have run unless it is read-only.
 
 mod local;
+mod pubsub;
 
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -174,6 +175,7 @@ pub struct Session {
     last_write: Option<Arc<Node>>,
     pinned: Option<Pinned>,
     multi: Option<Multi>,
+    pubsub: Option<pubsub::PubSub>,
 }
 
 impl Session {
@@ -207,6 +209,7 @@ impl Session {
             last_write: None,
             pinned: None,
             multi: None,
+            pubsub: None,
         };
         let cfg = s.shared.config.clone();
         let mut scanner = RequestScanner::new(Limits {
@@ -372,9 +375,15 @@ impl Session {
                 spec.name
             ));
         }
+        if self.pubsub.is_some() && self.refuse_in_subscribed_state(name) {
+            return;
+        }
         let readonly = command::is_readonly(spec);
         let topo = self.topo.load().clone();
         let route = router::route(spec, args, &topo, &self.shared.cluster.registry);
+        if let Route::Subscribe(k) = route {
+            return self.subscribe(k, frame.clone(), args);
+        }
         if let Route::Transaction(t) = route {
             return self.transaction(t, frame.clone(), args, spec, &topo);
         }
@@ -383,7 +392,7 @@ impl Session {
         }
         let entry = self.base + self.pending.len() as u64;
         match route {
-            Route::Transaction(_) => {}
+            Route::Transaction(_) | Route::Subscribe(_) => {}
             Route::Blocking(slot) => {
                 self.pending.push_back(Entry::One(
                     Flight::new(frame, Target::Slot(slot), readonly).via(Via::Dedicated),
@@ -646,6 +655,7 @@ impl Session {
 
     fn holds_dedicated(&self) -> bool {
         self.pinned.is_some()
+            || self.pubsub.is_some()
             || self
                 .pending
                 .iter()
@@ -840,6 +850,10 @@ impl Session {
         });
         due.sort_unstable();
         for tag in due {
+            if pubsub::is_stream_tag(tag) {
+                self.resubscribe(tag);
+                continue;
+            }
             if matches!(
                 self.flight(tag).map(|f| &f.state),
                 Some(FlightState::WaitRetry)
@@ -850,6 +864,9 @@ impl Session {
     }
 
     fn on_reply(&mut self, reply: Reply) {
+        if pubsub::is_stream_tag(reply.tag) {
+            return self.on_stream(reply);
+        }
         let tag = reply.tag;
         let max_redirects = self.shared.config.max_redirects;
         let Some(f) = self.flight(tag) else { return };

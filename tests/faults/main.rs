@@ -294,3 +294,47 @@ fn node_restart_is_followed() {
     c.wait_healthy();
     assert_all_readable(&p, &keys);
 }
+
+#[test]
+fn subscriber_is_resubscribed_after_its_node_dies() {
+    use std::io::Write;
+    let (_g, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    let mut sub = p.raw();
+    sub.write_all(&support::encode(&["SUBSCRIBE", "failover-news"]))
+        .unwrap();
+    assert_eq!(
+        support::read_reply_string(&mut sub),
+        "*3\r\n$9\r\nsubscribe\r\n$13\r\nfailover-news\r\n:1\r\n"
+    );
+    // Subscriptions live on slot 0's master: kill it.
+    let v = c.owner_of(0);
+    c.kill(v);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let url = p.url();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let client = redis::Client::open(url).unwrap();
+            let mut con = client.get_connection().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg("failover-news")
+                    .arg("after")
+                    .query(&mut con);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    // The re-subscription is invisible; the next thing the subscriber sees is a message.
+    let msg = support::read_reply_string(&mut sub);
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    assert_eq!(
+        msg,
+        "*3\r\n$7\r\nmessage\r\n$13\r\nfailover-news\r\n$5\r\nafter\r\n"
+    );
+    c.restart(v);
+    c.wait_healthy();
+}

@@ -6,6 +6,7 @@ mod support;
 
 mod basic;
 mod multikey;
+mod pubsub;
 mod redirects;
 mod resp3;
 mod txblock;

@@ -1,0 +1,105 @@
+//! Pub/sub through slotmux: SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE, PUBLISH/SPUBLISH, RESP2's
+//! subscribed-state rules and RESP3 pushes beside normal commands.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use crate::cluster;
+use crate::support::{encode, read_reply_string, Proxy};
+
+fn ask(s: &mut TcpStream, args: &[&str]) -> String {
+    s.write_all(&encode(args)).unwrap();
+    read_reply_string(s)
+}
+
+#[test]
+fn subscribe_publish_and_subscribed_state_rules() {
+    let p = Proxy::for_cluster(cluster());
+    let mut sub = p.raw();
+    let mut publ = p.raw();
+    assert_eq!(
+        ask(&mut sub, &["SUBSCRIBE", "news"]),
+        "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(
+        ask(&mut publ, &["PUBLISH", "news", "hello"]),
+        ":1\r\n",
+        "one subscriber, as a single Redis counts"
+    );
+    assert_eq!(
+        read_reply_string(&mut sub),
+        "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+    );
+    assert_eq!(
+        ask(&mut sub, &["GET", "x"]),
+        "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    );
+    assert_eq!(ask(&mut sub, &["PING"]), "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    assert_eq!(
+        ask(&mut sub, &["PSUBSCRIBE", "n*"]),
+        "*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:2\r\n"
+    );
+    assert_eq!(
+        ask(&mut publ, &["PUBSUB", "NUMSUB", "news"]),
+        "*2\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(ask(&mut publ, &["PUBLISH", "nope", "x"]), ":1\r\n");
+    assert_eq!(
+        read_reply_string(&mut sub),
+        "*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnope\r\n$1\r\nx\r\n"
+    );
+    assert_eq!(
+        ask(&mut sub, &["UNSUBSCRIBE", "news"]),
+        "*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(
+        ask(&mut sub, &["PUNSUBSCRIBE"]),
+        "*3\r\n$12\r\npunsubscribe\r\n$2\r\nn*\r\n:0\r\n"
+    );
+    // Out of subscribed state: normal commands again.
+    assert_eq!(ask(&mut sub, &["SET", "ps:after", "1"]), "+OK\r\n");
+    assert_eq!(ask(&mut publ, &["PUBLISH", "news", "nobody"]), ":0\r\n");
+}
+
+#[test]
+fn sharded_pubsub_follows_the_channel_slot() {
+    let p = Proxy::for_cluster(cluster());
+    let mut sub = p.raw();
+    let mut publ = p.raw();
+    assert_eq!(
+        ask(&mut sub, &["SSUBSCRIBE", "{shard}a", "{shard}b"]),
+        "*3\r\n$10\r\nssubscribe\r\n$8\r\n{shard}a\r\n:1\r\n"
+    );
+    assert_eq!(
+        read_reply_string(&mut sub),
+        "*3\r\n$10\r\nssubscribe\r\n$8\r\n{shard}b\r\n:2\r\n"
+    );
+    assert_eq!(ask(&mut publ, &["SPUBLISH", "{shard}b", "hi"]), ":1\r\n");
+    assert_eq!(
+        read_reply_string(&mut sub),
+        "*3\r\n$8\r\nsmessage\r\n$8\r\n{shard}b\r\n$2\r\nhi\r\n"
+    );
+    assert_eq!(
+        ask(&mut sub, &["SSUBSCRIBE", "a", "b"]),
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+}
+
+#[test]
+fn resp3_subscriber_gets_pushes_and_keeps_running_commands() {
+    let p = Proxy::for_cluster(cluster());
+    let mut sub = p.raw();
+    let mut publ = p.raw();
+    assert!(ask(&mut sub, &["HELLO", "3"]).starts_with('%'));
+    assert_eq!(
+        ask(&mut sub, &["SUBSCRIBE", "r3news"]),
+        ">3\r\n$9\r\nsubscribe\r\n$6\r\nr3news\r\n:1\r\n"
+    );
+    assert_eq!(ask(&mut sub, &["SET", "ps:r3", "v"]), "+OK\r\n");
+    assert_eq!(ask(&mut publ, &["PUBLISH", "r3news", "m"]), ":1\r\n");
+    assert_eq!(
+        read_reply_string(&mut sub),
+        ">3\r\n$7\r\nmessage\r\n$6\r\nr3news\r\n$1\r\nm\r\n"
+    );
+    assert_eq!(ask(&mut sub, &["GET", "ps:r3"]), "$1\r\nv\r\n");
+}
