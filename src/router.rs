@@ -74,6 +74,17 @@ pub fn route(
         Handling::KeyedUnlessBlock if has_block_arg(args) => blocking(spec, args),
         Handling::Transaction(t) => Route::Transaction(t),
         Handling::Subscribe(k) => Route::Subscribe(k),
+        Handling::SlotArg => {
+            match std::str::from_utf8(args.get(2).unwrap_or_default())
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+            {
+                Some(slot) if (slot as usize) < crate::cluster::slot::SLOTS => {
+                    Route::Forward(Target::Slot(slot))
+                }
+                _ => Route::Forward(Target::AnyMaster),
+            }
+        }
         // Slot 0's master holds every subscription made through slotmux.
         Handling::PubSubNode => Route::Forward(Target::Slot(0)),
         Handling::Keyed | Handling::KeyedUnlessBlock => match command::slot_of(spec, args) {

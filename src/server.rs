@@ -42,8 +42,35 @@ impl Drop for Permit {
     }
 }
 
+/// Script bodies by SHA1, so an EVALSHA that meets `-NOSCRIPT` on a node (a fresh master
+/// after a failover, a node whose script cache was flushed) can be answered by loading the
+/// script there and retrying. Bounded: beyond `MAX_SCRIPTS` new scripts are not remembered.
+pub struct Scripts {
+    map: dashmap::DashMap<String, bytes::Bytes>,
+}
+
+const MAX_SCRIPTS: usize = 10_000;
+
+impl Scripts {
+    pub fn remember(&self, body: &[u8]) {
+        if self.map.len() >= MAX_SCRIPTS {
+            return;
+        }
+        let sha = sha1_smol::Sha1::from(body).digest().to_string();
+        self.map
+            .entry(sha)
+            .or_insert_with(|| bytes::Bytes::copy_from_slice(body));
+    }
+
+    pub fn get(&self, sha: &[u8]) -> Option<bytes::Bytes> {
+        let sha = std::str::from_utf8(sha).ok()?.to_ascii_lowercase();
+        self.map.get(&sha).map(|b| b.clone())
+    }
+}
+
 /// State shared by every session.
 pub struct Shared {
+    pub scripts: Scripts,
     /// Clients currently holding a dedicated connection for a blocking command.
     pub blocked: Arc<AtomicUsize>,
     pub config: Arc<Config>,
@@ -76,6 +103,9 @@ impl Shared {
         );
         cluster.spawn_refresher();
         Arc::new(Shared {
+            scripts: Scripts {
+                map: dashmap::DashMap::new(),
+            },
             blocked: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
             cluster,

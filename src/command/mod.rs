@@ -113,6 +113,8 @@ pub enum Handling {
     Transaction(Tx),
     /// (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE: on the session's subscription connections.
     Subscribe(Sub),
+    /// CLUSTER COUNTKEYSINSLOT/GETKEYSINSLOT: the master of the slot named by argument 2.
+    SlotArg,
     /// PUBLISH and PUBSUB CHANNELS/NUMSUB/NUMPAT: on the node that holds slotmux's
     /// subscriptions, so counts match what a single Redis would say.
     PubSubNode,
@@ -177,6 +179,7 @@ pub fn policy(spec: &CommandSpec) -> Handling {
         | "command|info"
         | "command|list"
         | "command|help" => AnyMaster,
+        "cluster|countkeysinslot" | "cluster|getkeysinslot" => SlotArg,
         "cluster|info" | "cluster|slots" | "cluster|shards" | "cluster|nodes" | "cluster|myid"
         | "cluster|help" => AnyMaster,
         "config|get" | "config|help" => AnyMaster,
@@ -227,6 +230,8 @@ pub fn policy(spec: &CommandSpec) -> Handling {
         | "client|kill"
         | "client|list"
         | "client|unblock" => Refused(CONN_STATE),
+        "acl|cat" | "acl|genpass" | "acl|whoami" => AnyMaster,
+        n if n.ends_with("|help") => AnyMaster,
         n if n.starts_with("cluster|") => Refused(ADMIN),
         _ => default_policy(spec),
     }
@@ -252,6 +257,53 @@ fn default_policy(spec: &CommandSpec) -> Handling {
         return Handling::Refused(ADMIN);
     }
     Handling::Refused(WHOLE_CLUSTER)
+}
+
+impl Handling {
+    /// One line for docs/COMMANDS.md: how, and why.
+    pub fn describe(&self) -> String {
+        use Handling::*;
+        match self {
+            Keyed => "routed to the master of its keys' slot; keys in several slots get CROSSSLOT (as Redis Cluster)".into(),
+            AnyMaster => "keyless, same answer on every master: sent to one".into(),
+            Local(_) => "answered by slotmux itself".into(),
+            KeyedUnlessBlock => "routed by its keys; with BLOCK, on a connection of the client's own".into(),
+            Refused(why) => format!("refused: it {why}"),
+            Split(m) => format!("split per slot, parts merged ({m:?}); not atomic across slots, like every cluster client"),
+            AllMasters(m) => format!("sent to every master, replies merged ({m:?})"),
+            AllNodes(_) => "sent to every master and replica; OK only when all agree, else the first error".into(),
+            Scan => "every master in turn; the cursor encodes which master".into(),
+            LastWrite => "sent to the node of the client's last write".into(),
+            Blocking => "routed by its keys on a connection of the client's own (at most --max-blocking-clients)".into(),
+            Transaction(_) => "pinned to the master of the transaction's first key, on a connection of its own".into(),
+            Subscribe(_) => "on the client's subscription connection (slot 0's master; SSUBSCRIBE: the channel's master)".into(),
+            SlotArg => "sent to the master of the slot it names".into(),
+            PubSubNode => "sent to slot 0's master, where slotmux's subscriptions live".into(),
+        }
+    }
+}
+
+/// docs/COMMANDS.md, generated from the table and the policy.
+pub fn commands_markdown() -> String {
+    let mut out = String::from(
+        "# Commands through slotmux\n\nGenerated from `src/command` (the Redis 7.0 command table and slotmux's policy) by\n`UPDATE_DOCS=1 cargo test --lib commands_doc`; a test fails when this file is stale.\n\n| command | how slotmux handles it |\n|---|---|\n",
+    );
+    let mut row = |c: &CommandSpec| {
+        out.push_str(&format!(
+            "| `{}` | {} |\n",
+            c.name.replace('|', " "),
+            policy(c).describe()
+        ));
+    };
+    for c in table::COMMANDS {
+        if c.subcommands.is_empty() {
+            row(c);
+        }
+        for sc in c.subcommands {
+            row(sc);
+        }
+    }
+    out
 }
 
 /// Argument access without building a vector: a frame plus the scanner's ranges.
@@ -385,6 +437,20 @@ mod tests {
         assert_eq!(check(&["EVAL", "return 1", "1", "foo"]), SlotOf::One(12182));
         assert_eq!(check(&["EVAL", "return 1", "5", "foo"]), SlotOf::BadArgs);
         assert_eq!(check(&["MSET", "foo", "1", "bar", "2"]), SlotOf::CrossSlot);
+    }
+
+    #[test]
+    fn commands_doc_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/COMMANDS.md");
+        let want = commands_markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/COMMANDS.md is stale: run UPDATE_DOCS=1 cargo test --lib commands_doc"
+        );
     }
 
     #[test]

@@ -379,6 +379,12 @@ impl Session {
             return;
         }
         let readonly = command::is_readonly(spec);
+        if matches!(spec.name, "eval" | "eval_ro" | "script|load") {
+            let body = args
+                .get(if spec.name == "script|load" { 2 } else { 1 })
+                .unwrap_or_default();
+            self.shared.scripts.remember(body);
+        }
         let topo = self.topo.load().clone();
         let route = router::route(spec, args, &topo, &self.shared.cluster.registry);
         if let Route::Subscribe(k) = route {
@@ -820,6 +826,53 @@ impl Session {
         }
     }
 
+    /// EVALSHA met `-NOSCRIPT`: if slotmux has seen the script, load it on that node (same
+    /// connection, so it runs first) and resend, once.
+    fn reload_script(&mut self, tag: u64) -> bool {
+        let lane = self.id as usize;
+        let proto = self.proto;
+        let reply_to = self.tx.clone();
+        let Some(f) = self.flight(tag) else {
+            return false;
+        };
+        if f.attempts == u8::MAX
+            || !(f.frame.starts_with(b"*") && contains_ci(&f.frame, b"evalsha"))
+        {
+            return false;
+        }
+        let mut buf = BytesMut::from(&f.frame[..]);
+        let mut sc = RequestScanner::new(Limits::default());
+        let Ok(Some(frame)) = sc.next(&mut buf) else {
+            return false;
+        };
+        let Some(&(a, b)) = sc.args().get(1) else {
+            return false;
+        };
+        let Some(node) = f.node.clone() else {
+            return false;
+        };
+        f.attempts = u8::MAX;
+        let Some(body) = self.shared.scripts.get(&frame[a..b]) else {
+            return false;
+        };
+        let load = router::encode([&b"SCRIPT"[..], b"LOAD", &body].into_iter());
+        let _ = node.send(
+            proto,
+            lane,
+            Request {
+                frame: load,
+                asking: false,
+                tag: DISCARD_TAG,
+                reply_to,
+            },
+        );
+        if let Some(f) = self.flight(tag) {
+            f.redirect = Some((node, false));
+        }
+        self.send(tag);
+        true
+    }
+
     /// Schedules a resend with backoff, or gives the client `last_error` once the retry budget
     /// is spent.
     fn retry_later(&mut self, tag: u64, last_error: Bytes) {
@@ -907,6 +960,7 @@ impl Session {
                 self.retry_later(tag, frame);
             }
             Some(Redirect::TryAgain) | Some(Redirect::Loading) => self.retry_later(tag, frame),
+            None if frame.starts_with(b"-NOSCRIPT") && self.reload_script(tag) => {}
             None => self.finish(tag, frame),
         }
     }
@@ -959,6 +1013,12 @@ fn unknown_command(args: Args<'_>) -> String {
         String::from_utf8_lossy(&name[..name.len().min(128)]),
         rest
     )
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .take(64)
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// A redirect address with an empty host (`:7001`) means "the host you asked".

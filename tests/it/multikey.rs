@@ -239,3 +239,42 @@ fn wait_goes_to_the_node_of_the_last_write() {
     }
     let _ = support::keys_for_every_slot;
 }
+
+#[test]
+fn evalsha_after_script_flush_on_one_master_is_transparent() {
+    let p = Proxy::for_cluster(cluster());
+    let mut con = p.conn();
+    let body = "return 'nos-' .. redis.call('GET', KEYS[1])";
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(body)
+        .query(&mut con)
+        .unwrap();
+    let key = "{noscript}k";
+    let _: () = redis::cmd("SET").arg(key).arg("v").query(&mut con).unwrap();
+    let owner = cluster().owner_of(slotmux::cluster::key_slot(key.as_bytes()));
+    assert_eq!(raw_cmd(owner, &["SCRIPT", "FLUSH"]), "+OK\r\n");
+    assert_eq!(raw_cmd(owner, &["SCRIPT", "EXISTS", &sha]), "*1\r\n:0\r\n");
+    let v: String = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg(key)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(v, "nos-v");
+    assert_eq!(
+        raw_cmd(owner, &["SCRIPT", "EXISTS", &sha]),
+        "*1\r\n:1\r\n",
+        "slotmux loaded it again"
+    );
+    // A script slotmux never saw still gets Redis's own NOSCRIPT.
+    let e = redis::cmd("EVALSHA")
+        .arg("ffffffffffffffffffffffffffffffffffffffff")
+        .arg(0)
+        .query::<String>(&mut con)
+        .unwrap_err();
+    assert!(
+        format!("{e:?}").to_lowercase().contains("noscript"),
+        "{e:?}"
+    );
+}
