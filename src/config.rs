@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_PROTO_MAX_BULK_LEN", default_value = "512mb", value_parser = parse_size)]
     pub proto_max_bulk_len: u64,
 
+    /// Most unsent pub/sub output for one client before slotmux disconnects it (Redis's
+    /// `client-output-buffer-limit pubsub` hard limit).
+    #[arg(long, env = "SLOTMUX_PUBSUB_OUTPUT_LIMIT", default_value = "32mb", value_parser = parse_size)]
+    pub pubsub_output_limit: u64,
+
     /// Largest unprocessed input buffered for one client (Redis's client-query-buffer-limit).
     #[arg(long, env = "SLOTMUX_CLIENT_QUERY_BUFFER_LIMIT", default_value = "1gb", value_parser = parse_size)]
     pub client_query_buffer_limit: u64,

@@ -30,6 +30,7 @@ pub struct Stats {
     pub ask: AtomicU64,
     pub retries: AtomicU64,
     pub unknown_outcome: AtomicU64,
+    pub output_limit_disconnects: AtomicU64,
 }
 
 /// A place in the blocking-clients limit; released on drop.

@@ -172,6 +172,8 @@ pub struct Session {
     retries: Vec<(Instant, u64)>,
     out: BytesMut,
     closing: bool,
+    /// Drop the client now, without flushing (output limit reached).
+    kill: bool,
     last_write: Option<Arc<Node>>,
     pinned: Option<Pinned>,
     multi: Option<Multi>,
@@ -206,6 +208,7 @@ impl Session {
             retries: Vec::new(),
             out: BytesMut::with_capacity(READ_CHUNK),
             closing: false,
+            kill: false,
             last_write: None,
             pinned: None,
             multi: None,
@@ -255,7 +258,7 @@ impl Session {
                 }
             }
             s.flush_ready();
-            if s.closing && s.pending.is_empty() && s.out.is_empty() {
+            if s.kill || (s.closing && s.pending.is_empty() && s.out.is_empty()) {
                 break;
             }
             if !retry_armed {
@@ -304,7 +307,8 @@ impl Session {
                     retry_armed = false;
                     s.run_due_retries();
                 }
-                () = &mut idle_sleep, if !idle.is_zero() && s.pending.is_empty() => {
+                // As in Redis, subscribers are exempt from the idle timeout.
+                () = &mut idle_sleep, if !idle.is_zero() && s.pending.is_empty() && s.pubsub.is_none() => {
                     tracing::debug!(client = %s.peer, "closing idle client");
                     break;
                 }

@@ -75,6 +75,18 @@ impl Session {
     }
 
     fn deliver(&mut self, frame: Bytes) {
+        let limit = self.shared.config.pubsub_output_limit;
+        if (self.out.len() + frame.len()) as u64 > limit {
+            if !self.closing {
+                tracing::info!(client = %self.peer, limit, "closing subscriber that does not read (pub/sub output limit)");
+                self.shared
+                    .stats
+                    .output_limit_disconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.kill = true;
+            return;
+        }
         if self.pending.is_empty() {
             self.out.extend_from_slice(&frame);
         } else {
