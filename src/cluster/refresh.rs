@@ -236,10 +236,46 @@ impl Cluster {
         // Nodes that left both the old and the new map are forgotten.
         self.registry.retain(&keep);
         self.stats.ok.fetch_add(1, Ordering::Relaxed);
+        if !crate::command::learn::is_learned() {
+            let me = self.clone();
+            tokio::spawn(async move { me.learn_commands(&source).await });
+        }
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
         }
         Ok(())
+    }
+
+    /// Learns the commands the generated table lacks (modules) from a node's `COMMAND`.
+    async fn learn_commands(&self, addr: &str) {
+        let settings = self.registry.settings();
+        let result = async {
+            let mut stream = connect(addr, Proto::Resp2, settings).await?;
+            let mut req = BytesMut::new();
+            encode_command(&mut req, &[b"COMMAND"]);
+            let reply = tokio::time::timeout(settings.reply_timeout, async {
+                stream.write_all(&req).await?;
+                read_replies(&mut stream, 1).await
+            })
+            .await
+            .map_err(|_| "COMMAND timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+            let (frame, _) = redis_protocol::resp2::decode::decode(&reply[0])
+                .map_err(|e| e.to_string())?
+                .ok_or("incomplete COMMAND reply")?;
+            Ok::<usize, String>(crate::command::learn::learn(&frame))
+        }
+        .await;
+        match result {
+            Ok(0) => tracing::debug!("the cluster has no commands beyond the built-in table"),
+            Ok(n) => tracing::info!(
+                commands = n,
+                "learned commands unknown to the built-in table (modules)"
+            ),
+            Err(e) => {
+                tracing::warn!(node = %addr, error = %e, "could not learn the cluster's commands")
+            }
+        }
     }
 
     async fn ask(&self, addr: &str) -> Result<Vec<SlotRange>, String> {

@@ -7,6 +7,7 @@
 //! Must not: do I/O or know about sessions.
 
 pub mod keys;
+pub mod learn;
 pub mod table;
 
 use crate::cluster::key_slot;
@@ -36,7 +37,7 @@ fn find(list: &'static [CommandSpec], name: &[u8], prefix: &str) -> Option<&'sta
 
 /// Looks up a top-level command by name, in any letter case, without allocating.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    find(table::COMMANDS, name, "")
+    find(table::COMMANDS, name, "").or_else(|| find(learn::learned(), name, ""))
 }
 
 /// Looks up `sub` among `parent`'s subcommands (stored as "parent|sub").
@@ -255,6 +256,10 @@ fn default_policy(spec: &CommandSpec) -> Handling {
     }
     if spec.flags & table::F_ADMIN != 0 || spec.acl & table::A_DANGEROUS != 0 {
         return Handling::Refused(ADMIN);
+    }
+    // A keyless command learned from the cluster (a module's): any master.
+    if spec.flags & table::F_MODULE != 0 || learn::learned().iter().any(|c| std::ptr::eq(c, spec)) {
+        return Handling::AnyMaster;
     }
     Handling::Refused(WHOLE_CLUSTER)
 }
