@@ -102,6 +102,14 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Commands slower than this (as the client sees them) go to the slow log and the log.
+    #[arg(long, env = "SLOTMUX_SLOWLOG_THRESHOLD", default_value = "10ms", value_parser = parse_duration)]
+    pub slowlog_threshold: std::time::Duration,
+
+    /// Entries kept for SLOWLOG GET.
+    #[arg(long, env = "SLOTMUX_SLOWLOG_MAX_LEN", default_value_t = 128)]
+    pub slowlog_max_len: usize,
+
     /// Log format.
     #[arg(long, env = "SLOTMUX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

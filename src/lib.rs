@@ -15,18 +15,22 @@
 //! - [`router`]: command → one target, a split plan, a local reply or an error; SCAN cursors.
 //! - [`merge`]: combining the replies of split and all-masters commands.
 //! - [`cluster`]: `key_slot`, the slot table snapshot, the refresher.
+//! - [`slowlog`]: SLOWLOG entries for commands above `--slowlog-threshold`.
 //! - [`upstream`]: multiplexed backend connections and the per-node pool.
-//! - [`metrics`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: every Prometheus metric, and per-session stats flushed once a second.
+//! - [`http`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod http;
 pub mod merge;
 pub mod metrics;
 pub mod resp;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod slowlog;
 pub mod upstream;
 
 pub use config::Config;

@@ -49,7 +49,7 @@ fn main() {
         if config.metrics_listen != "off" {
             match tokio::net::TcpListener::bind(&config.metrics_listen).await {
                 Ok(l) => {
-                    tokio::spawn(slotmux::metrics::serve(l, shared.clone()));
+                    tokio::spawn(slotmux::http::serve(l, shared.clone()));
                 }
                 Err(e) => {
                     tracing::error!(listen = %config.metrics_listen, error = %e, "cannot listen for metrics");

@@ -1,79 +1,148 @@
-//! The operator's HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! Every Prometheus metric slotmux exports: names, help texts, labels, and the cheap ways to
+//! update them from the hot path.
 //!
-//! Owns: every metric name and help text, and a deliberately tiny HTTP/1.1 responder (GET
-//! only, one request per connection, bounded head size and time) so slotmux carries no HTTP
-//! stack. Metrics are read from slotmux's atomic counters at scrape time.
-//! Must not: add work to the per-request path.
+//! Owns: the registry, the per-command and per-node handles, and [`SessionStats`]: each
+//! session counts into plain fields and `LocalHistogram`s and flushes into the shared metrics
+//! about once a second, so a request costs no lock, no label hashing and no contended atomic.
+//! Rare events (redirections, retries, refreshes, rejections) are plain atomics in
+//! `server::Stats`/`cluster::RefreshStats`, copied into the registry at scrape time.
+//! Must not: do I/O (the HTTP endpoint is `http`).
 
 use prometheus::core::{AtomicU64 as PAtomicU64, GenericCounter};
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::local::LocalHistogram;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::time::Instant;
 
 use crate::server::Shared;
 
 type Counter = GenericCounter<PAtomicU64>;
 
-struct Metrics {
-    registry: Registry,
-    build_info: IntGaugeVec,
+/// Latency buckets in seconds: 50 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+/// The shared metrics. Built once per process (per `Shared`).
+pub struct Metrics {
+    pub registry: Registry,
+    commands: IntCounterVec,
+    latency: HistogramVec,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    inflight: IntGauge,
+    pub total_commands: std::sync::atomic::AtomicU64,
+    backend_requests: IntCounterVec,
+    backend_errors: IntCounterVec,
+    backend_latency: HistogramVec,
+    backend_connections: IntGaugeVec,
+    // Copied from atomics at scrape time.
     clients: IntGauge,
     accepted: Counter,
     rejected: IntCounterVec,
     redirections: IntCounterVec,
-    retries: Counter,
+    retries: IntCounterVec,
     unknown_outcome: Counter,
     refreshes: IntCounterVec,
+    refresh_requests: IntCounterVec,
     slots_covered: IntGauge,
     masters: IntGauge,
     replicas: IntGauge,
     topology_age: IntGauge,
-    nodes_in_backoff: IntGauge,
+    unreachable: IntGauge,
+    blocked: IntGauge,
+    output_limit: Counter,
 }
 
 fn counter(name: &str, help: &str) -> Counter {
     GenericCounter::with_opts(Opts::new(name, help)).expect("static metric definition")
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
-        let m = Metrics {
-            registry: Registry::new(),
-            build_info: IntGaugeVec::new(Opts::new("slotmux_build_info", "slotmux version (value is always 1)"), &["version"]).expect("static metric"),
-            clients: IntGauge::new("slotmux_client_connections", "Client connections currently open").expect("static metric"),
-            accepted: counter("slotmux_client_connections_accepted_total", "Client connections accepted"),
-            rejected: IntCounterVec::new(Opts::new("slotmux_client_connections_rejected_total", "Client connections refused, by reason"), &["reason"]).expect("static metric"),
-            redirections: IntCounterVec::new(Opts::new("slotmux_redirections_total", "MOVED and ASK replies followed"), &["kind"]).expect("static metric"),
-            retries: counter("slotmux_retries_total", "Commands scheduled for a retry (TRYAGAIN, CLUSTERDOWN, unreachable node, lost connection on a read)"),
-            unknown_outcome: counter("slotmux_unknown_outcome_errors_total", "Writes whose backend connection broke after sending; the client got an error saying the outcome is unknown"),
-            refreshes: IntCounterVec::new(Opts::new("slotmux_topology_refreshes_total", "Topology refreshes, by result"), &["result"]).expect("static metric"),
-            slots_covered: IntGauge::new("slotmux_slots_covered", "Slots with a known master (16384 when healthy)").expect("static metric"),
-            masters: IntGauge::new("slotmux_masters", "Masters in the slot map").expect("static metric"),
-            replicas: IntGauge::new("slotmux_replicas", "Replicas in the slot map").expect("static metric"),
-            topology_age: IntGauge::new("slotmux_topology_age_seconds", "Seconds since the slot map was fetched").expect("static metric"),
-            nodes_in_backoff: IntGauge::new("slotmux_masters_unreachable", "Masters whose last connection attempt failed").expect("static metric"),
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("static metric")
         };
-        let r = &m.registry;
-        let _ = r.register(Box::new(m.build_info.clone()));
-        let _ = r.register(Box::new(m.clients.clone()));
-        let _ = r.register(Box::new(m.accepted.clone()));
-        let _ = r.register(Box::new(m.rejected.clone()));
-        let _ = r.register(Box::new(m.redirections.clone()));
-        let _ = r.register(Box::new(m.retries.clone()));
-        let _ = r.register(Box::new(m.unknown_outcome.clone()));
-        let _ = r.register(Box::new(m.refreshes.clone()));
-        let _ = r.register(Box::new(m.slots_covered.clone()));
-        let _ = r.register(Box::new(m.masters.clone()));
-        let _ = r.register(Box::new(m.replicas.clone()));
-        let _ = r.register(Box::new(m.topology_age.clone()));
-        let _ = r.register(Box::new(m.nodes_in_backoff.clone()));
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        m
+        let cvec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric")
+        };
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("static metric");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "slotmux_build_info",
+                "slotmux's version; the value is always 1",
+            ),
+            &["version"],
+        )
+        .expect("static metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        reg(&r, build);
+        Metrics {
+            commands: reg(&r, cvec("slotmux_commands_total", "Client commands by command name and outcome (ok, error: an error reply from Redis or Redis-compatible, proxy_error: slotmux's own error)", &["command", "outcome"])),
+            latency: reg(&r, hist("slotmux_command_duration_seconds", "Time from reading a command to its reply being ready for the client, by command", &["command"])),
+            bytes_in: reg(&r, IntCounter::new("slotmux_client_read_bytes_total", "Bytes read from clients").expect("static metric")),
+            bytes_out: reg(&r, IntCounter::new("slotmux_client_written_bytes_total", "Bytes written to clients").expect("static metric")),
+            inflight: reg(&r, gauge("slotmux_inflight_commands", "Client commands waiting for their reply")),
+            total_commands: std::sync::atomic::AtomicU64::new(0),
+            backend_requests: reg(&r, cvec("slotmux_backend_requests_total", "Requests sent to each node", &["node"])),
+            backend_errors: reg(&r, cvec("slotmux_backend_error_replies_total", "Error replies from each node (MOVED/ASK included)", &["node"])),
+            backend_latency: reg(&r, hist("slotmux_backend_duration_seconds", "Time from writing a request to a node to reading its reply", &["node"])),
+            backend_connections: reg(&r, IntGaugeVec::new(Opts::new("slotmux_backend_connections", "Open backend connections by node and kind (shared, dedicated, pubsub)"), &["node", "kind"]).expect("static metric")),
+            clients: reg(&r, gauge("slotmux_client_connections", "Client connections open now")),
+            accepted: reg(&r, counter("slotmux_client_connections_accepted_total", "Client connections accepted")),
+            rejected: reg(&r, cvec("slotmux_client_connections_rejected_total", "Client connections refused, by reason", &["reason"])),
+            redirections: reg(&r, cvec("slotmux_redirections_total", "MOVED and ASK replies followed", &["kind"])),
+            retries: reg(&r, cvec("slotmux_retries_total", "Commands scheduled for a retry, by reason", &["reason"])),
+            unknown_outcome: reg(&r, counter("slotmux_unknown_outcome_errors_total", "Writes whose connection broke after sending; the client was told the outcome is unknown")),
+            refreshes: reg(&r, cvec("slotmux_topology_refreshes_total", "Topology refreshes by result", &["result"])),
+            refresh_requests: reg(&r, cvec("slotmux_topology_refresh_requests_total", "Why a refresh was asked for (debounced: several requests may share one refresh)", &["reason"])),
+            slots_covered: reg(&r, gauge("slotmux_slots_covered", "Slots with a known master (16384 when healthy)")),
+            masters: reg(&r, gauge("slotmux_masters", "Masters in the slot map")),
+            replicas: reg(&r, gauge("slotmux_replicas", "Replicas in the slot map")),
+            topology_age: reg(&r, gauge("slotmux_topology_age_seconds", "Seconds since the slot map was fetched (-1: never)")),
+            unreachable: reg(&r, gauge("slotmux_masters_unreachable", "Masters whose last connection attempt failed")),
+            blocked: reg(&r, gauge("slotmux_blocked_clients", "Clients waiting in a blocking command on a connection of their own")),
+            output_limit: reg(&r, counter("slotmux_output_limit_disconnects_total", "Subscribers disconnected for not reading (pub/sub output limit)")),
+            registry: r,
+        }
+    }
+
+    /// Handles for one node, resolved once when the node is first seen.
+    pub fn node(&self, addr: &str) -> NodeMetrics {
+        NodeMetrics {
+            requests: self.backend_requests.with_label_values(&[addr]),
+            errors: self.backend_errors.with_label_values(&[addr]),
+            latency: self.backend_latency.with_label_values(&[addr]),
+            shared: self
+                .backend_connections
+                .with_label_values(&[addr, "shared"]),
+            dedicated: self
+                .backend_connections
+                .with_label_values(&[addr, "dedicated"]),
+            pubsub: self
+                .backend_connections
+                .with_label_values(&[addr, "pubsub"]),
+        }
     }
 
     fn catch_up(c: &Counter, now: u64) {
@@ -83,38 +152,45 @@ impl Metrics {
         }
     }
 
-    fn render(&self, shared: &Shared) -> String {
+    /// The text exposition, after copying the rare-event atomics in.
+    pub fn render(&self, shared: &Shared) -> String {
         let s = &shared.stats;
         let t = shared.cluster.snapshot();
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         self.clients
             .set(shared.clients.load(Ordering::Relaxed) as i64);
-        Self::catch_up(&self.accepted, s.accepted.load(Ordering::Relaxed));
+        self.blocked
+            .set(shared.blocked.load(Ordering::Relaxed) as i64);
+        Self::catch_up(&self.accepted, ld(&s.accepted));
         Self::catch_up(
             &self.rejected.with_label_values(&["maxclients"]),
-            s.rejected_maxclients.load(Ordering::Relaxed),
+            ld(&s.rejected_maxclients),
         );
         Self::catch_up(
             &self.redirections.with_label_values(&["moved"]),
-            s.moved.load(Ordering::Relaxed),
+            ld(&s.moved),
         );
-        Self::catch_up(
-            &self.redirections.with_label_values(&["ask"]),
-            s.ask.load(Ordering::Relaxed),
-        );
-        Self::catch_up(&self.retries, s.retries.load(Ordering::Relaxed));
-        Self::catch_up(
-            &self.unknown_outcome,
-            s.unknown_outcome.load(Ordering::Relaxed),
-        );
+        Self::catch_up(&self.redirections.with_label_values(&["ask"]), ld(&s.ask));
+        for (i, reason) in crate::server::RETRY_REASONS.iter().enumerate() {
+            Self::catch_up(
+                &self.retries.with_label_values(&[reason]),
+                ld(&s.retries[i]),
+            );
+        }
+        Self::catch_up(&self.unknown_outcome, ld(&s.unknown_outcome));
+        Self::catch_up(&self.output_limit, ld(&s.output_limit_disconnects));
         let rs = &shared.cluster.stats;
-        Self::catch_up(
-            &self.refreshes.with_label_values(&["ok"]),
-            rs.ok.load(Ordering::Relaxed),
-        );
+        Self::catch_up(&self.refreshes.with_label_values(&["ok"]), ld(&rs.ok));
         Self::catch_up(
             &self.refreshes.with_label_values(&["error"]),
-            rs.failed.load(Ordering::Relaxed),
+            ld(&rs.failed),
         );
+        for (i, reason) in crate::cluster::refresh::REFRESH_REASONS.iter().enumerate() {
+            Self::catch_up(
+                &self.refresh_requests.with_label_values(&[reason]),
+                ld(&rs.requests[i]),
+            );
+        }
         self.slots_covered.set(t.covered_slots() as i64);
         self.masters.set(t.masters.len() as i64);
         self.replicas
@@ -124,7 +200,7 @@ impl Metrics {
         } else {
             t.fetched_at.elapsed().as_secs() as i64
         });
-        self.nodes_in_backoff.set(
+        self.unreachable.set(
             t.masters
                 .iter()
                 .filter(|m| m.health().failures() > 0)
@@ -136,69 +212,117 @@ impl Metrics {
     }
 }
 
-/// Serves the HTTP endpoint until the process ends.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let metrics = Arc::new(Metrics::new());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let shared = shared.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), respond(stream, &shared, &metrics))
-                    .await;
-        });
+/// Per-node handles (cheap clones of registered children).
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub requests: IntCounter,
+    pub errors: IntCounter,
+    pub latency: Histogram,
+    pub shared: IntGauge,
+    pub dedicated: IntGauge,
+    pub pubsub: IntGauge,
+}
+
+struct CmdStat {
+    name: &'static str,
+    ok: u64,
+    err: u64,
+    proxy_err: u64,
+    hist: LocalHistogram,
+}
+
+/// One session's counts, flushed into [`Metrics`] about once a second and when it ends.
+pub struct SessionStats {
+    cmds: Vec<CmdStat>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    commands: u64,
+    inflight_reported: i64,
+    last_flush: Instant,
+}
+
+impl Default for SessionStats {
+    fn default() -> Self {
+        SessionStats {
+            cmds: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            commands: 0,
+            inflight_reported: 0,
+            last_flush: Instant::now(),
+        }
     }
 }
 
-async fn respond(mut stream: TcpStream, shared: &Shared, metrics: &Metrics) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() > 8192 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+/// How a reply went, for the `outcome` label.
+pub fn outcome(reply: &[u8]) -> u8 {
+    if reply.first() != Some(&b'-') {
+        0
+    } else if reply
+        .windows(8)
+        .take(96)
+        .any(|w| w == b"slotmux:" || w == b"slotmux ")
+    {
+        2
+    } else {
+        1
     }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics.render(shared),
-        ),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match shared.readiness() {
-            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
-            Err(why) => (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_string(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
+}
+
+impl SessionStats {
+    /// Records one finished command (no lock, no allocation once the command was seen).
+    #[inline]
+    pub fn record(&mut self, m: &Metrics, name: &'static str, reply: &[u8], secs: f64) {
+        let i = match self.cmds.iter().position(|c| std::ptr::eq(c.name, name)) {
+            Some(i) => i,
+            None => {
+                self.cmds.push(CmdStat {
+                    name,
+                    ok: 0,
+                    err: 0,
+                    proxy_err: 0,
+                    hist: m.latency.with_label_values(&[name]).local(),
+                });
+                self.cmds.len() - 1
+            }
+        };
+        let c = &mut self.cmds[i];
+        match outcome(reply) {
+            0 => c.ok += 1,
+            1 => c.err += 1,
+            _ => c.proxy_err += 1,
+        }
+        c.hist.observe(secs);
+        self.commands += 1;
+    }
+
+    pub fn maybe_flush(&mut self, m: &Metrics, now: Instant, inflight: usize) {
+        if now.duration_since(self.last_flush).as_millis() >= 1000 {
+            self.flush(m, inflight);
+            self.last_flush = now;
+        }
+    }
+
+    pub fn flush(&mut self, m: &Metrics, inflight: usize) {
+        for c in &mut self.cmds {
+            for (n, label) in [
+                (&mut c.ok, "ok"),
+                (&mut c.err, "error"),
+                (&mut c.proxy_err, "proxy_error"),
+            ] {
+                if *n > 0 {
+                    m.commands.with_label_values(&[c.name, label]).inc_by(*n);
+                    *n = 0;
+                }
+            }
+            c.hist.flush();
+        }
+        m.bytes_in.inc_by(std::mem::take(&mut self.bytes_in));
+        m.bytes_out.inc_by(std::mem::take(&mut self.bytes_out));
+        m.total_commands
+            .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
+        let now = inflight as i64;
+        m.inflight.add(now - self.inflight_reported);
+        self.inflight_reported = now;
+    }
 }

@@ -50,6 +50,7 @@ pub enum Route {
     Blocking(u16),
     Transaction(command::Tx),
     Subscribe(command::Sub),
+    Info,
     Error(Cow<'static, str>),
 }
 
@@ -74,6 +75,7 @@ pub fn route(
         Handling::KeyedUnlessBlock if has_block_arg(args) => blocking(spec, args),
         Handling::Transaction(t) => Route::Transaction(t),
         Handling::Subscribe(k) => Route::Subscribe(k),
+        Handling::Info => Route::Info,
         Handling::SlotArg => {
             match std::str::from_utf8(args.get(2).unwrap_or_default())
                 .ok()

@@ -28,9 +28,12 @@ pub struct Stats {
     pub rejected_maxclients: AtomicU64,
     pub moved: AtomicU64,
     pub ask: AtomicU64,
-    pub retries: AtomicU64,
+    /// Retries by reason, indexed like [`RETRY_REASONS`].
+    pub retries: [AtomicU64; 4],
     pub unknown_outcome: AtomicU64,
     pub output_limit_disconnects: AtomicU64,
+    /// Commands per second over the last second (sampled by a ticker).
+    pub ops_per_sec: AtomicU64,
 }
 
 /// A place in the blocking-clients limit; released on drop.
@@ -69,8 +72,17 @@ impl Scripts {
     }
 }
 
+/// Why a command was retried.
+pub const RETRY_REASONS: [&str; 4] = ["tryagain", "clusterdown", "unreachable", "connection_lost"];
+pub const RETRY_TRYAGAIN: usize = 0;
+pub const RETRY_CLUSTERDOWN: usize = 1;
+pub const RETRY_UNREACHABLE: usize = 2;
+pub const RETRY_LOST: usize = 3;
+
 /// State shared by every session.
 pub struct Shared {
+    pub slowlog: crate::slowlog::SlowLog,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub scripts: Scripts,
     /// Clients currently holding a dedicated connection for a blocking command.
     pub blocked: Arc<AtomicUsize>,
@@ -85,7 +97,9 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared state and starts the topology refresher (needs a Tokio runtime).
     pub fn start(config: Config) -> Arc<Shared> {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let registry = Registry::new(
+            metrics.clone(),
             config.backend_connections as usize,
             ConnSettings {
                 connect_timeout: config.connect_timeout,
@@ -103,7 +117,9 @@ impl Shared {
             },
         );
         cluster.spawn_refresher();
-        Arc::new(Shared {
+        let shared = Arc::new(Shared {
+            slowlog: crate::slowlog::SlowLog::new(config.slowlog_max_len),
+            metrics,
             scripts: Scripts {
                 map: dashmap::DashMap::new(),
             },
@@ -114,7 +130,26 @@ impl Shared {
             clients: AtomicUsize::new(0),
             stats: Stats::default(),
             started: Instant::now(),
-        })
+        });
+        shared.spawn_ops_ticker();
+        shared
+    }
+
+    /// Samples the command counter once a second for INFO's instantaneous_ops_per_sec.
+    fn spawn_ops_ticker(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(me) = weak.upgrade() else { return };
+                let now = me.metrics.total_commands.load(Ordering::Relaxed);
+                me.stats
+                    .ops_per_sec
+                    .store(now.saturating_sub(last), Ordering::Relaxed);
+                last = now;
+            }
+        });
     }
 
     /// A place for one more blocked client, if the limit allows.
@@ -210,33 +245,98 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     }
 }
 
-/// The text of slotmux's INFO (Redis's format: `# Section` then `key:value` lines).
-pub fn info_text(shared: &Shared, topo: &Topology) -> String {
+/// INFO sections slotmux answers itself, in order. `keyspace` is summed over the masters.
+pub const INFO_SECTIONS: [&str; 5] = ["server", "clients", "stats", "cluster", "keyspace"];
+
+/// Which sections an `INFO [section ...]` asks for (Redis's rules: none, `default`, `all`
+/// and `everything` mean every section).
+pub fn info_sections(args: &[&[u8]]) -> Vec<&'static str> {
+    if args.is_empty() {
+        return INFO_SECTIONS.to_vec();
+    }
+    let mut out = Vec::new();
+    for a in args {
+        let a = String::from_utf8_lossy(a).to_ascii_lowercase();
+        if matches!(a.as_str(), "default" | "all" | "everything") {
+            return INFO_SECTIONS.to_vec();
+        }
+        if let Some(s) = INFO_SECTIONS.iter().find(|s| **s == a) {
+            if !out.contains(s) {
+                out.push(*s);
+            }
+        }
+    }
+    out
+}
+
+/// The text of slotmux's own INFO sections (everything but `keyspace`), in Redis's format.
+pub fn info_text(shared: &Shared, topo: &Topology, sections: &[&str]) -> String {
     let up = shared.started.elapsed().as_secs();
     let s = &shared.stats;
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let replicas: usize = topo.replicas.iter().map(|r| r.len()).sum();
-    format!(
-        "# Server\r\nredis_version:{}\r\nslotmux_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n\r\n\
-         # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n\
-         # Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nslotmux_moved_redirections:{}\r\nslotmux_ask_redirections:{}\r\nslotmux_retries:{}\r\nslotmux_unknown_outcome_errors:{}\r\n\r\n\
-         # Cluster\r\ncluster_enabled:0\r\nslotmux_masters:{}\r\nslotmux_replicas:{}\r\nslotmux_slots_covered:{}\r\nslotmux_topology_source:{}\r\nslotmux_topology_age_seconds:{}\r\n",
-        crate::REDIS_VERSION,
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        up,
-        up / 86400,
-        shared.clients.load(Ordering::Relaxed),
-        shared.config.maxclients,
-        s.accepted.load(Ordering::Relaxed),
-        s.rejected_maxclients.load(Ordering::Relaxed),
-        s.moved.load(Ordering::Relaxed),
-        s.ask.load(Ordering::Relaxed),
-        s.retries.load(Ordering::Relaxed),
-        s.unknown_outcome.load(Ordering::Relaxed),
-        topo.masters.len(),
-        replicas,
-        topo.covered_slots(),
-        topo.source.as_deref().unwrap_or("-"),
-        topo.fetched_at.elapsed().as_secs(),
-    )
+    let mut out = String::new();
+    let mut section = |name: &str, body: String| {
+        if sections.contains(&name) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            out.push_str(&body);
+        }
+    };
+    section(
+        "server",
+        format!(
+            "# Server\r\nredis_version:{}\r\nslotmux_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n",
+            crate::REDIS_VERSION,
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::process::id(),
+            shared.config.listen.rsplit(':').next().unwrap_or(""),
+            up,
+            up / 86400,
+        ),
+    );
+    section(
+        "clients",
+        format!(
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n",
+            shared.clients.load(Ordering::Relaxed),
+            shared.config.maxclients,
+            shared.blocked.load(Ordering::Relaxed),
+        ),
+    );
+    section(
+        "stats",
+        format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nslotmux_moved_redirections:{}\r\nslotmux_ask_redirections:{}\r\nslotmux_retries:{}\r\nslotmux_unknown_outcome_errors:{}\r\nslotmux_output_limit_disconnects:{}\r\nslowlog_len:{}\r\n",
+            ld(&s.accepted),
+            shared.metrics.total_commands.load(Ordering::Relaxed),
+            ld(&s.ops_per_sec),
+            ld(&s.rejected_maxclients),
+            ld(&s.moved),
+            ld(&s.ask),
+            s.retries.iter().map(ld).sum::<u64>(),
+            ld(&s.unknown_outcome),
+            ld(&s.output_limit_disconnects),
+            shared.slowlog.len(),
+        ),
+    );
+    let rs = &shared.cluster.stats;
+    section(
+        "cluster",
+        format!(
+            "# Cluster\r\ncluster_enabled:0\r\nslotmux_cluster_state:{}\r\nslotmux_masters:{}\r\nslotmux_replicas:{}\r\nslotmux_slots_covered:{}\r\nslotmux_topology_source:{}\r\nslotmux_topology_age_seconds:{}\r\nslotmux_last_refresh_unix:{}\r\nslotmux_refreshes_ok:{}\r\nslotmux_refreshes_failed:{}\r\n",
+            if shared.readiness().is_ok() { "ok" } else { "fail" },
+            topo.masters.len(),
+            replicas,
+            topo.covered_slots(),
+            topo.source.as_deref().unwrap_or("-"),
+            topo.fetched_at.elapsed().as_secs(),
+            ld(&rs.last_ok_unix),
+            ld(&rs.ok),
+            ld(&rs.failed),
+        ),
+    );
+    out
 }

@@ -26,12 +26,33 @@ pub struct RefreshSettings {
     pub min_interval: Duration,
 }
 
+/// Why a refresh was asked for.
+pub const REFRESH_REASONS: [&str; 5] = [
+    "startup",
+    "periodic",
+    "moved",
+    "node_failure",
+    "clusterdown",
+];
+#[derive(Debug, Clone, Copy)]
+pub enum Reason {
+    Startup = 0,
+    Periodic = 1,
+    Moved = 2,
+    NodeFailure = 3,
+    ClusterDown = 4,
+}
+
 /// Counters the metrics and INFO read.
 #[derive(Debug, Default)]
 pub struct RefreshStats {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
     pub moved_patches: AtomicU64,
+    /// Requests by reason, indexed like [`REFRESH_REASONS`].
+    pub requests: [AtomicU64; 5],
+    /// Unix time (seconds) of the last successful refresh.
+    pub last_ok_unix: AtomicU64,
 }
 
 pub struct Cluster {
@@ -62,7 +83,7 @@ impl Cluster {
             .registry
             .set_failure_hook(Arc::new(move |_addr: &str| {
                 if let Some(c) = weak.upgrade() {
-                    c.request_refresh();
+                    c.request_refresh(Reason::NodeFailure);
                 }
             }));
         cluster
@@ -82,7 +103,8 @@ impl Cluster {
     }
 
     /// Asks for a refresh soon (debounced). Cheap; callable from any task.
-    pub fn request_refresh(&self) {
+    pub fn request_refresh(&self, why: Reason) {
+        self.stats.requests[why as usize].fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -98,7 +120,7 @@ impl Cluster {
             self.topo.rcu(|t| Arc::new(t.with_slot(slot, node.clone())));
             self.stats.moved_patches.fetch_add(1, Ordering::Relaxed);
         }
-        self.request_refresh();
+        self.request_refresh(Reason::Moved);
         node
     }
 
@@ -122,12 +144,17 @@ impl Cluster {
                 };
                 tokio::select! {
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(wait) => {}
+                    () = tokio::time::sleep(wait) => {
+                        self.stats.requests[Reason::Periodic as usize].fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 let since = last.elapsed();
                 if since < self.settings.min_interval {
                     tokio::time::sleep(self.settings.min_interval - since).await;
                 }
+            }
+            if first {
+                self.stats.requests[Reason::Startup as usize].fetch_add(1, Ordering::Relaxed);
             }
             first = false;
             last = Instant::now();
@@ -236,6 +263,11 @@ impl Cluster {
         // Nodes that left both the old and the new map are forgotten.
         self.registry.retain(&keep);
         self.stats.ok.fetch_add(1, Ordering::Relaxed);
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.stats.last_ok_unix.store(unix, Ordering::Relaxed);
         if !crate::command::learn::is_learned() {
             let me = self.clone();
             tokio::spawn(async move { me.learn_commands(&source).await });

@@ -81,7 +81,9 @@ pub enum Local {
     ClientOk,
     ReadOnlyWrite,
     ClusterKeySlot,
-    Info,
+    SlowlogGet,
+    SlowlogLen,
+    SlowlogReset,
 }
 
 /// How slotmux handles a command, and why.
@@ -114,6 +116,8 @@ pub enum Handling {
     Transaction(Tx),
     /// (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE: on the session's subscription connections.
     Subscribe(Sub),
+    /// INFO: slotmux's own sections, and `keyspace` summed over every master.
+    Info,
     /// CLUSTER COUNTKEYSINSLOT/GETKEYSINSLOT: the master of the slot named by argument 2.
     SlotArg,
     /// PUBLISH and PUBSUB CHANNELS/NUMSUB/NUMPAT: on the node that holds slotmux's
@@ -170,7 +174,10 @@ pub fn policy(spec: &CommandSpec) -> Handling {
         "client|no-evict" => Local(self::Local::ClientOk),
         "readonly" | "readwrite" => Local(self::Local::ReadOnlyWrite),
         "cluster|keyslot" => Local(self::Local::ClusterKeySlot),
-        "info" => Local(self::Local::Info),
+        "info" => Info,
+        "slowlog|get" => Local(self::Local::SlowlogGet),
+        "slowlog|len" => Local(self::Local::SlowlogLen),
+        "slowlog|reset" => Local(self::Local::SlowlogReset),
         "xread" | "xreadgroup" => KeyedUnlessBlock,
         "command"
         | "command|count"
@@ -283,6 +290,7 @@ impl Handling {
             Transaction(_) => "pinned to the master of the transaction's first key, on a connection of its own".into(),
             Subscribe(_) => "on the client's subscription connection (slot 0's master; SSUBSCRIBE: the channel's master)".into(),
             SlotArg => "sent to the master of the slot it names".into(),
+            Info => "slotmux's own sections (server, clients, stats, cluster); keyspace summed over every master".into(),
             PubSubNode => "sent to slot 0's master, where slotmux's subscriptions live".into(),
         }
     }

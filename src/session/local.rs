@@ -87,9 +87,18 @@ impl Session {
                 let slot = key_slot(arg(2)) as i64;
                 self.reply_local(|o, _| write::integer(o, slot));
             }
-            Local::Info => {
-                let text = crate::server::info_text(&self.shared, self.topo.load());
-                self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()));
+            Local::SlowlogGet => {
+                let count = args.get(2).and_then(crate::resp::parse_i64);
+                let shared = self.shared.clone();
+                self.reply_local(|o, _| shared.slowlog.get(o, count));
+            }
+            Local::SlowlogLen => {
+                let n = self.shared.slowlog.len() as i64;
+                self.reply_local(|o, _| write::integer(o, n));
+            }
+            Local::SlowlogReset => {
+                self.shared.slowlog.reset();
+                self.reply_local(|o, _| write::ok(o));
             }
         }
     }

@@ -22,15 +22,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::cluster::refresh::Reason;
 use crate::cluster::Topology;
 use crate::command::Tx;
 use crate::command::{self, Args};
 use crate::merge::{merge, Merge};
+use crate::metrics::SessionStats;
 use crate::resp::reply::{classify, Redirect};
 use crate::resp::request::{Limits, RequestScanner};
 use crate::resp::write::{self, Proto};
 use crate::router::{self, Route, Target};
-use crate::server::Shared;
+use crate::server::{Shared, RETRY_CLUSTERDOWN, RETRY_LOST, RETRY_TRYAGAIN, RETRY_UNREACHABLE};
 use crate::upstream::conn::{ConnHandle, Mode};
 use crate::upstream::{Node, Reply, Request, UpstreamError};
 
@@ -142,6 +144,8 @@ impl Flight {
 #[derive(Debug)]
 struct Fanout {
     merge: Merge,
+    /// INFO: slotmux's own sections, put before the merged keyspace.
+    prefix: Option<String>,
     order: Vec<(u32, u32)>,
     parts: Vec<Flight>,
     left: usize,
@@ -152,6 +156,13 @@ enum Entry {
     Ready(Bytes),
     One(Flight),
     Many(Box<Fanout>),
+}
+
+/// What a queued entry is, for metrics and the slow log.
+struct Meta {
+    name: &'static str,
+    started: Instant,
+    frame: Bytes,
 }
 
 type TopoCache = arc_swap::Cache<Arc<arc_swap::ArcSwap<Topology>>, Arc<Topology>>;
@@ -167,6 +178,11 @@ pub struct Session {
     topo: TopoCache,
     tx: mpsc::UnboundedSender<Reply>,
     pending: VecDeque<Entry>,
+    /// Parallel to `pending`: the command each entry answers (`None` for pushes).
+    meta: VecDeque<Option<Meta>>,
+    /// The command being handled, until it is queued or answered.
+    cur: Option<Meta>,
+    stats: SessionStats,
     /// Entry number of `pending[0]`; entry numbers are consecutive.
     base: u64,
     retries: Vec<(Instant, u64)>,
@@ -204,6 +220,9 @@ impl Session {
             topo,
             tx,
             pending: VecDeque::with_capacity(16),
+            meta: VecDeque::with_capacity(16),
+            cur: None,
+            stats: SessionStats::default(),
             base: 0,
             retries: Vec::new(),
             out: BytesMut::with_capacity(READ_CHUNK),
@@ -280,8 +299,15 @@ impl Session {
                     }
                 }
                 r = wr.write_buf(&mut s.out), if !s.out.is_empty() => {
-                    if r.is_err() {
-                        break;
+                    match r {
+                        Ok(n) => {
+                            s.stats.bytes_out += n as u64;
+                            // Like Redis, a reply counts as interaction for the idle timeout.
+                            if !idle.is_zero() {
+                                idle_sleep.as_mut().reset(Instant::now() + idle);
+                            }
+                        }
+                        Err(_) => break,
                     }
                 }
                 r = rd.read_buf(&mut inbuf), if can_read => {
@@ -296,7 +322,8 @@ impl Session {
                             s.closing = true;
                             inbuf.clear();
                         }
-                        Ok(_) => {
+                        Ok(n) => {
+                            s.stats.bytes_in += n as u64;
                             if !idle.is_zero() {
                                 idle_sleep.as_mut().reset(Instant::now() + idle);
                             }
@@ -319,6 +346,7 @@ impl Session {
             }
         }
         let _ = wr.shutdown().await;
+        s.stats.flush(&s.shared.metrics, 0);
     }
 
     /// Queues a reply slotmux makes itself, keeping request order.
@@ -328,7 +356,7 @@ impl Session {
         } else {
             let mut b = BytesMut::new();
             f(&mut b, self.proto);
-            self.pending.push_back(Entry::Ready(b.freeze()));
+            self.push(Entry::Ready(b.freeze()));
         }
     }
 
@@ -336,15 +364,57 @@ impl Session {
         self.reply_local(|o, _| write::error(o, msg));
     }
 
+    /// Queues an entry with the metadata of the command being handled (if any).
+    fn push(&mut self, e: Entry) {
+        self.pending.push_back(e);
+        self.meta.push_back(self.cur.take());
+    }
+
     fn flush_ready(&mut self) {
+        let mut now = None;
         while let Some(Entry::Ready(frame)) = self.pending.front() {
             self.out.extend_from_slice(frame);
+            if let Some(Some(m)) = self.meta.pop_front() {
+                let t = *now.get_or_insert_with(Instant::now);
+                let took = t.saturating_duration_since(m.started);
+                self.stats
+                    .record(&self.shared.metrics, m.name, frame, took.as_secs_f64());
+                if took >= self.shared.config.slowlog_threshold {
+                    self.shared
+                        .slowlog
+                        .record(took, &m.frame, self.peer, self.name.as_ref());
+                }
+            }
             self.pending.pop_front();
             self.base += 1;
+        }
+        if let Some(t) = now {
+            self.stats
+                .maybe_flush(&self.shared.metrics, t.into_std(), self.pending.len());
         }
     }
 
     fn handle(&mut self, frame: Bytes, ranges: &[(usize, usize)]) {
+        let out_before = self.out.len();
+        self.cur = Some(Meta {
+            name: "unknown",
+            started: Instant::now(),
+            frame: frame.clone(),
+        });
+        self.handle_inner(frame, ranges);
+        // Answered at once (a local reply straight into the output): record it now.
+        if let Some(m) = self.cur.take() {
+            let reply = self.out.get(out_before..).unwrap_or_default();
+            self.stats.record(
+                &self.shared.metrics,
+                m.name,
+                reply,
+                m.started.elapsed().as_secs_f64(),
+            );
+        }
+    }
+
+    fn handle_inner(&mut self, frame: Bytes, ranges: &[(usize, usize)]) {
         let args = Args {
             frame: &frame,
             ranges,
@@ -372,6 +442,9 @@ impl Session {
                     return self.reply_error(&msg);
                 }
             }
+        }
+        if let Some(m) = &mut self.cur {
+            m.name = spec.name;
         }
         if !command::arity_ok(spec, args.len()) {
             return self.reply_error(&format!(
@@ -403,15 +476,39 @@ impl Session {
         let entry = self.base + self.pending.len() as u64;
         match route {
             Route::Transaction(_) | Route::Subscribe(_) => {}
+            Route::Info => {
+                let wanted: Vec<&[u8]> = (1..args.len()).filter_map(|i| args.get(i)).collect();
+                let sections = crate::server::info_sections(&wanted);
+                let text = crate::server::info_text(&self.shared, &topo, &sections);
+                if !sections.contains(&"keyspace") || topo.masters.is_empty() {
+                    return self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()));
+                }
+                let ask = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
+                let parts: Vec<Flight> = topo
+                    .masters
+                    .iter()
+                    .map(|m| Flight::new(ask.clone(), Target::Node(m.clone()), true))
+                    .collect();
+                let n = parts.len();
+                self.push(Entry::Many(Box::new(Fanout {
+                    merge: Merge::Keyspace,
+                    prefix: Some(text),
+                    order: Vec::new(),
+                    parts,
+                    left: n,
+                })));
+                for i in 0..n {
+                    self.send(entry << SUB_BITS | (i as u64 + 1));
+                }
+            }
             Route::Blocking(slot) => {
-                self.pending.push_back(Entry::One(
+                self.push(Entry::One(
                     Flight::new(frame, Target::Slot(slot), readonly).via(Via::Dedicated),
                 ));
                 self.send(entry << SUB_BITS);
             }
             Route::Forward(target) => {
-                self.pending
-                    .push_back(Entry::One(Flight::new(frame, target, readonly)));
+                self.push(Entry::One(Flight::new(frame, target, readonly)));
                 self.send(entry << SUB_BITS);
             }
             Route::Local(l) => self.local(l, args),
@@ -419,7 +516,7 @@ impl Session {
             Route::Scan { frame, slot } => {
                 let mut f = Flight::new(frame, Target::Slot(slot), true);
                 f.post = Post::Scan { slot };
-                self.pending.push_back(Entry::One(f));
+                self.push(Entry::One(f));
                 self.send(entry << SUB_BITS);
             }
             Route::LastWrite => {
@@ -427,8 +524,7 @@ impl Session {
                     Some(n) => Target::Node(n.clone()),
                     None => Target::AnyMaster,
                 };
-                self.pending
-                    .push_back(Entry::One(Flight::new(frame, target, true)));
+                self.push(Entry::One(Flight::new(frame, target, true)));
                 self.send(entry << SUB_BITS);
             }
             Route::Split(plan) => {
@@ -441,7 +537,8 @@ impl Session {
                     .into_iter()
                     .map(|(t, f)| Flight::new(f, t, readonly))
                     .collect();
-                self.pending.push_back(Entry::Many(Box::new(Fanout {
+                self.push(Entry::Many(Box::new(Fanout {
+                    prefix: None,
                     merge: plan.merge,
                     order: plan.order,
                     parts,
@@ -481,7 +578,7 @@ impl Session {
         let entry = self.base + self.pending.len() as u64;
         let mut f = Flight::new(frame, Target::AnyMaster, false).via(Via::Pinned);
         f.post = post;
-        self.pending.push_back(Entry::One(f));
+        self.push(Entry::One(f));
         self.send(entry << SUB_BITS);
     }
 
@@ -722,7 +819,25 @@ impl Session {
                             _ => Bytes::new(),
                         })
                         .collect();
-                    *entry = Entry::Ready(merge(m.merge, &parts, &m.order));
+                    let merged = match (&m.merge, &m.prefix) {
+                        (Merge::Keyspace, Some(prefix)) => {
+                            match crate::merge::keyspace_text(&parts) {
+                                Ok(ks) => {
+                                    let text = if prefix.is_empty() {
+                                        ks
+                                    } else {
+                                        format!("{prefix}\r\n{ks}")
+                                    };
+                                    let mut b = BytesMut::new();
+                                    write::verbatim(&mut b, self.proto, text.as_bytes());
+                                    b.freeze()
+                                }
+                                Err(e) => e,
+                            }
+                        }
+                        _ => merge(m.merge, &parts, &m.order),
+                    };
+                    *entry = Entry::Ready(merged);
                 }
             }
             Entry::Ready(_) => {}
@@ -791,7 +906,11 @@ impl Session {
                 let msg = format!("CLUSTERDOWN slotmux has no cluster topology yet ({why})");
                 return self.finish(tag, error_frame(&msg));
             }
-            return self.retry_later(tag, error_frame("CLUSTERDOWN Hash slot not served"));
+            return self.retry_later(
+                tag,
+                error_frame("CLUSTERDOWN Hash slot not served"),
+                RETRY_CLUSTERDOWN,
+            );
         };
         let req = Request {
             frame: f.frame.clone(),
@@ -823,9 +942,9 @@ impl Session {
                 }
             }
             Err(_) => {
-                self.shared.cluster.request_refresh();
+                self.shared.cluster.request_refresh(Reason::NodeFailure);
                 let msg = format!("CLUSTERDOWN slotmux cannot reach node {}", node.addr);
-                self.retry_later(tag, error_frame(&msg));
+                self.retry_later(tag, error_frame(&msg), RETRY_UNREACHABLE);
             }
         }
     }
@@ -879,7 +998,7 @@ impl Session {
 
     /// Schedules a resend with backoff, or gives the client `last_error` once the retry budget
     /// is spent.
-    fn retry_later(&mut self, tag: u64, last_error: Bytes) {
+    fn retry_later(&mut self, tag: u64, last_error: Bytes, why: usize) {
         let budget = self.shared.config.retry_budget;
         let Some(f) = self.flight(tag) else { return };
         let now = Instant::now();
@@ -891,7 +1010,7 @@ impl Session {
         let delay = Duration::from_millis((5u64 << f.attempts.min(7)).min(500));
         f.state = FlightState::WaitRetry;
         self.retries.push((now + delay, tag));
-        self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.retries[why].fetch_add(1, Ordering::Relaxed);
     }
 
     fn run_due_retries(&mut self) {
@@ -960,17 +1079,19 @@ impl Session {
                 self.send(tag);
             }
             Some(Redirect::ClusterDown) => {
-                self.shared.cluster.request_refresh();
-                self.retry_later(tag, frame);
+                self.shared.cluster.request_refresh(Reason::ClusterDown);
+                self.retry_later(tag, frame, RETRY_CLUSTERDOWN);
             }
-            Some(Redirect::TryAgain) | Some(Redirect::Loading) => self.retry_later(tag, frame),
+            Some(Redirect::TryAgain) | Some(Redirect::Loading) => {
+                self.retry_later(tag, frame, RETRY_TRYAGAIN)
+            }
             None if frame.starts_with(b"-NOSCRIPT") && self.reload_script(tag) => {}
             None => self.finish(tag, frame),
         }
     }
 
     fn on_upstream_error(&mut self, tag: u64, e: UpstreamError) {
-        self.shared.cluster.request_refresh();
+        self.shared.cluster.request_refresh(Reason::NodeFailure);
         let Some(f) = self.flight(tag) else { return };
         let addr = f
             .node
@@ -979,7 +1100,12 @@ impl Session {
             .unwrap_or_default();
         if e.always_retryable() || f.readonly {
             let msg = format!("CLUSTERDOWN slotmux: node {addr} unavailable ({e})");
-            return self.retry_later(tag, error_frame(&msg));
+            let why = if e.always_retryable() {
+                RETRY_UNREACHABLE
+            } else {
+                RETRY_LOST
+            };
+            return self.retry_later(tag, error_frame(&msg), why);
         }
         self.shared
             .stats

@@ -90,7 +90,7 @@ impl Session {
         if self.pending.is_empty() {
             self.out.extend_from_slice(&frame);
         } else {
-            self.pending.push_back(Entry::Ready(frame));
+            self.push(Entry::Ready(frame));
         }
     }
 
@@ -344,7 +344,9 @@ impl Session {
             return;
         }
         tracing::info!(node = %s.node.addr, "subscription connection lost; re-subscribing");
-        self.shared.cluster.request_refresh();
+        self.shared
+            .cluster
+            .request_refresh(crate::cluster::refresh::Reason::NodeFailure);
         self.retries.push((
             Instant::now() + Duration::from_millis(200),
             STREAM_BASE - idx as u64,

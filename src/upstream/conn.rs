@@ -18,6 +18,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
 use super::{Reply, Request, UpstreamError};
+use crate::metrics::NodeMetrics;
 use crate::resp::reply::ReplyScanner;
 use crate::resp::write::Proto;
 
@@ -92,6 +93,7 @@ pub fn spawn(
     proto: Proto,
     settings: Arc<ConnSettings>,
     mode: Mode,
+    metrics: NodeMetrics,
     on_connected: impl FnOnce() + Send + 'static,
     on_end: impl FnOnce(&ConnEnd) + Send + 'static,
 ) -> ConnHandle {
@@ -99,7 +101,17 @@ pub fn spawn(
     let alive = Arc::new(AtomicBool::new(true));
     let flag = alive.clone();
     tokio::spawn(async move {
-        let end = run(&addr, proto, &settings, &mode, rx, &flag, on_connected).await;
+        let end = run(
+            &addr,
+            proto,
+            &settings,
+            &mode,
+            &metrics,
+            rx,
+            &flag,
+            on_connected,
+        )
+        .await;
         if let Mode::Stream { tag, to } = &mode {
             let _ = to.send(Reply {
                 tag: *tag,
@@ -118,11 +130,13 @@ struct Inflight {
     sent: Instant,
 }
 
+#[allow(clippy::too_many_arguments)] // one private call site; a struct would only rename them
 async fn run(
     addr: &str,
     proto: Proto,
     settings: &ConnSettings,
     mode: &Mode,
+    metrics: &NodeMetrics,
     mut rx: UnboundedReceiver<Request>,
     alive: &AtomicBool,
     on_connected: impl FnOnce(),
@@ -131,7 +145,18 @@ async fn run(
     let end = match connect(addr, proto, settings).await {
         Ok(mut stream) => {
             on_connected();
-            pump(&mut stream, &mut rx, &mut q, settings.reply_timeout, mode).await
+            let mut local = Local::new(metrics);
+            let end = pump(
+                &mut stream,
+                &mut rx,
+                &mut q,
+                settings.reply_timeout,
+                mode,
+                &mut local,
+            )
+            .await;
+            local.flush();
+            end
         }
         Err(e) => ConnEnd::ConnectFailed(e),
     };
@@ -241,6 +266,48 @@ pub async fn read_replies(stream: &mut TcpStream, n: usize) -> std::io::Result<V
     Ok(out)
 }
 
+/// Per-connection metric counts, flushed about once a second (no shared atomics per reply).
+struct Local {
+    m: NodeMetrics,
+    hist: prometheus::local::LocalHistogram,
+    requests: u64,
+    errors: u64,
+    last: Instant,
+}
+
+impl Local {
+    fn new(m: &NodeMetrics) -> Self {
+        Local {
+            hist: m.latency.local(),
+            m: m.clone(),
+            requests: 0,
+            errors: 0,
+            last: Instant::now(),
+        }
+    }
+
+    #[inline]
+    fn reply(&mut self, frame: &[u8], took: Duration) {
+        if frame.first() == Some(&b'-') {
+            self.errors += 1;
+        }
+        self.hist.observe(took.as_secs_f64());
+    }
+
+    fn maybe_flush(&mut self, now: Instant) {
+        if now.duration_since(self.last) >= Duration::from_secs(1) {
+            self.flush();
+            self.last = now;
+        }
+    }
+
+    fn flush(&mut self) {
+        self.m.requests.inc_by(std::mem::take(&mut self.requests));
+        self.m.errors.inc_by(std::mem::take(&mut self.errors));
+        self.hist.flush();
+    }
+}
+
 fn enqueue(
     wbuf: &mut BytesMut,
     q: &mut VecDeque<Inflight>,
@@ -274,6 +341,7 @@ async fn pump(
     q: &mut VecDeque<Inflight>,
     timeout: Duration,
     mode: &Mode,
+    local: &mut Local,
 ) -> ConnEnd {
     let timeout_on = matches!(mode, Mode::Shared);
     let (mut rd, mut wr) = stream.split();
@@ -305,6 +373,8 @@ async fn pump(
                     Ok(_) => {}
                     Err(e) => return ConnEnd::Broken(e.to_string()),
                 }
+                let now = Instant::now();
+                local.maybe_flush(now);
                 loop {
                     match scanner.scan(&rbuf) {
                         Ok(Some(len)) => {
@@ -322,6 +392,7 @@ async fn pump(
                             let Some(f) = q.pop_front() else {
                                 return ConnEnd::Broken("reply without a request".into());
                             };
+                            local.reply(&frame, now.saturating_duration_since(f.sent));
                             if let Some(tx) = f.reply_to {
                                 let _ = tx.send(Reply { tag: f.tag, result: Ok(frame) });
                             }
@@ -343,10 +414,14 @@ async fn pump(
                     None => rx_open = false,
                     Some(req) => {
                         let now = Instant::now();
+                        local.requests += 1;
                         enqueue(&mut wbuf, q, req, now, mode);
                         while wbuf.len() < WRITE_HIGH {
                             match rx.try_recv() {
-                                Ok(req) => enqueue(&mut wbuf, q, req, now, mode),
+                                Ok(req) => {
+                                    local.requests += 1;
+                                    enqueue(&mut wbuf, q, req, now, mode)
+                                }
                                 Err(_) => break,
                             }
                         }

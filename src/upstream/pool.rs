@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::conn::{self, ConnEnd, ConnHandle, ConnSettings, Mode};
 use super::Request;
+use crate::metrics::NodeMetrics;
 use crate::resp::write::Proto;
 
 /// Something the pool tells the rest of slotmux (the cluster refresher listens).
@@ -75,6 +76,7 @@ pub struct Node {
     health: Arc<Health>,
     settings: Arc<ConnSettings>,
     on_failure: FailureHook,
+    metrics: NodeMetrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -89,6 +91,7 @@ impl Node {
         per_proto: usize,
         settings: Arc<ConnSettings>,
         on_failure: FailureHook,
+        metrics: NodeMetrics,
     ) -> Self {
         let make = || {
             (0..per_proto.max(1))
@@ -101,6 +104,7 @@ impl Node {
             health: Arc::default(),
             settings,
             on_failure,
+            metrics,
         }
     }
 
@@ -153,24 +157,40 @@ impl Node {
         let ok_health = self.health.clone();
         let hook = self.on_failure.clone();
         let addr = self.addr.clone();
+        let gauge = match mode {
+            Mode::Shared => self.metrics.shared.clone(),
+            Mode::Dedicated => self.metrics.dedicated.clone(),
+            Mode::Stream { .. } => self.metrics.pubsub.clone(),
+        };
+        let up = gauge.clone();
+        let ok_addr = self.addr.clone();
         conn::spawn(
             self.addr.clone(),
             proto,
             self.settings.clone(),
             mode,
-            move || ok_health.connected(),
+            self.metrics.clone(),
+            move || {
+                up.inc();
+                if ok_health.failures() > 0 {
+                    tracing::info!(node = %ok_addr, "backend reachable again");
+                }
+                ok_health.connected();
+            },
             move |end| match end {
-                ConnEnd::Idle => {}
+                ConnEnd::Idle => gauge.dec(),
                 ConnEnd::ConnectFailed(e) => {
                     health.failed();
                     tracing::warn!(node = %addr, error = %e, "backend connect failed");
                     hook(&addr);
                 }
                 ConnEnd::Broken(e) => {
+                    gauge.dec();
                     tracing::warn!(node = %addr, error = %e, "backend connection broken");
                     hook(&addr);
                 }
                 ConnEnd::Timeout => {
+                    gauge.dec();
                     tracing::warn!(node = %addr, "backend reply timeout; connection dropped");
                     hook(&addr);
                 }
@@ -181,6 +201,7 @@ impl Node {
 
 /// All nodes slotmux has heard of, by address (`host:port`). Cold path only.
 pub struct Registry {
+    metrics: Arc<crate::metrics::Metrics>,
     nodes: DashMap<Arc<str>, Arc<Node>>,
     per_proto: usize,
     settings: Arc<ConnSettings>,
@@ -188,8 +209,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(per_proto: usize, settings: ConnSettings) -> Self {
+    pub fn new(
+        metrics: Arc<crate::metrics::Metrics>,
+        per_proto: usize,
+        settings: ConnSettings,
+    ) -> Self {
         Registry {
+            metrics,
             nodes: DashMap::new(),
             per_proto,
             settings: Arc::new(settings),
@@ -223,6 +249,7 @@ impl Registry {
                     self.per_proto,
                     self.settings.clone(),
                     hook,
+                    self.metrics.node(addr),
                 ))
             })
             .clone()

@@ -5,7 +5,9 @@
 mod support;
 
 mod basic;
+mod hostile;
 mod multikey;
+mod ops;
 mod pubsub;
 mod redirects;
 mod resp3;

@@ -416,6 +416,8 @@ impl RedisCluster {
 /// down and waits for the drain.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The /metrics, /healthz, /readyz endpoint.
+    pub http: SocketAddr,
     pub shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -440,8 +442,11 @@ impl Proxy {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
+                let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let http_addr = http.local_addr().unwrap();
                 let shared = Shared::start(config);
-                ready_tx.send((addr, shared.clone())).unwrap();
+                tokio::spawn(slotmux::http::serve(http, shared.clone()));
+                ready_tx.send((addr, http_addr, shared.clone())).unwrap();
                 slotmux::serve(listener, shared, async {
                     let _ = stop_rx.await;
                 })
@@ -449,9 +454,10 @@ impl Proxy {
             });
             rt.shutdown_timeout(Duration::from_millis(100));
         });
-        let (addr, shared) = ready_rx.recv().unwrap();
+        let (addr, http, shared) = ready_rx.recv().unwrap();
         Proxy {
             addr,
+            http,
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -486,6 +492,35 @@ impl Proxy {
         let con = client.get_connection().unwrap();
         con.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         con
+    }
+
+    /// GET `path` on the HTTP endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// The value of one exact sample line (`name{labels}`) in /metrics, 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn raw(&self) -> TcpStream {

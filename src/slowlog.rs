@@ -1,0 +1,175 @@
+//! The slow log: commands that took longer than `--slowlog-threshold`, kept like Redis's
+//! SLOWLOG (newest first, bounded length, arguments truncated the way Redis truncates them)
+//! and logged one line each.
+//!
+//! Owns: the entries and the SLOWLOG GET/LEN/RESET replies. Only slow commands reach it, so
+//! a lock is fine here.
+//! Must not: be consulted for fast commands (the session compares with the threshold first).
+
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::resp::request::{Limits, RequestScanner};
+use crate::resp::write;
+
+/// Redis keeps at most 32 arguments and 128 bytes of each.
+const MAX_ARGS: usize = 32;
+const MAX_ARG_LEN: usize = 128;
+
+struct Entry {
+    id: u64,
+    unix: u64,
+    micros: u64,
+    args: Vec<Bytes>,
+    client: String,
+    name: Bytes,
+}
+
+pub struct SlowLog {
+    entries: Mutex<VecDeque<Entry>>,
+    next_id: AtomicU64,
+    max_len: usize,
+}
+
+fn args_of(frame: &Bytes) -> Vec<Bytes> {
+    let mut buf = BytesMut::from(&frame[..]);
+    let mut sc = RequestScanner::new(Limits::default());
+    let Ok(Some(f)) = sc.next(&mut buf) else {
+        return Vec::new();
+    };
+    let total = sc.args().len();
+    let mut out: Vec<Bytes> = sc
+        .args()
+        .iter()
+        .take(if total > MAX_ARGS {
+            MAX_ARGS - 1
+        } else {
+            MAX_ARGS
+        })
+        .map(|&(a, b)| {
+            let arg = &f[a..b];
+            if arg.len() > MAX_ARG_LEN {
+                let mut s = arg[..MAX_ARG_LEN].to_vec();
+                s.extend_from_slice(
+                    format!("... ({} more bytes)", arg.len() - MAX_ARG_LEN).as_bytes(),
+                );
+                Bytes::from(s)
+            } else {
+                f.slice(a..b)
+            }
+        })
+        .collect();
+    if total > MAX_ARGS {
+        out.push(Bytes::from(format!(
+            "... ({} more arguments)",
+            total - MAX_ARGS + 1
+        )));
+    }
+    out
+}
+
+impl SlowLog {
+    pub fn new(max_len: usize) -> Self {
+        SlowLog {
+            entries: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
+            max_len,
+        }
+    }
+
+    pub fn record(&self, took: Duration, frame: &Bytes, peer: SocketAddr, name: Option<&Bytes>) {
+        let args = args_of(frame);
+        let micros = took.as_micros() as u64;
+        let command = args
+            .first()
+            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+            .unwrap_or_default();
+        tracing::info!(command = %command, micros, client = %peer, "slow command");
+        if self.max_len == 0 {
+            return;
+        }
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let e = Entry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            unix,
+            micros,
+            args,
+            client: peer.to_string(),
+            name: name.cloned().unwrap_or_default(),
+        };
+        if let Ok(mut q) = self.entries.lock() {
+            q.push_front(e);
+            q.truncate(self.max_len);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn reset(&self) {
+        if let Ok(mut q) = self.entries.lock() {
+            q.clear();
+        }
+    }
+
+    /// SLOWLOG GET [count] in Redis's format (count -1: all; default 10).
+    pub fn get(&self, out: &mut BytesMut, count: Option<i64>) {
+        let Ok(q) = self.entries.lock() else {
+            return write::array_header(out, 0);
+        };
+        let n = match count {
+            Some(c) if c < 0 => q.len(),
+            Some(c) => (c as usize).min(q.len()),
+            None => 10.min(q.len()),
+        };
+        write::array_header(out, n);
+        for e in q.iter().take(n) {
+            write::array_header(out, 6);
+            write::integer(out, e.id as i64);
+            write::integer(out, e.unix as i64);
+            write::integer(out, e.micros as i64);
+            write::array_header(out, e.args.len());
+            for a in &e.args {
+                write::bulk(out, a);
+            }
+            write::bulk(out, e.client.as_bytes());
+            write::bulk(out, &e.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_newest_first_and_truncates_like_redis() {
+        let log = SlowLog::new(2);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let long = "x".repeat(200);
+        for v in ["a", "b", &long] {
+            let frame = Bytes::from(format!("*2\r\n$3\r\nGET\r\n${}\r\n{}\r\n", v.len(), v));
+            log.record(Duration::from_millis(20), &frame, peer, None);
+        }
+        assert_eq!(log.len(), 2);
+        let mut out = BytesMut::new();
+        log.get(&mut out, Some(-1));
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("*2\r\n*6\r\n:2\r\n"), "{text}");
+        assert!(text.contains("... (72 more bytes)"));
+        log.reset();
+        assert!(log.is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! What operators see: /metrics counters after known traffic, /healthz and /readyz, INFO
+//! sections with the cluster-wide keyspace, and the slow log.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::cluster;
+use crate::support::{encode, raw_cmd, read_reply_string, wait_until, Proxy};
+
+#[test]
+fn metrics_count_exactly_100_gets_and_5_moveds() {
+    let c = cluster();
+    let p = Proxy::with_config(c, |cfg| cfg.refresh_interval = Duration::from_secs(600));
+    {
+        let mut con = p.conn();
+        for i in 0..100 {
+            let _: Option<String> = redis::cmd("GET")
+                .arg(format!("metrics:{i}"))
+                .query(&mut con)
+                .unwrap();
+        }
+    }
+    // Sessions flush their counts when they end (and once a second).
+    wait_until("100 GETs in /metrics", Duration::from_secs(10), || {
+        p.metric(r#"slotmux_commands_total{command="get",outcome="ok"}"#) == 100.0
+    });
+    assert_eq!(
+        p.metric(r#"slotmux_command_duration_seconds_count{command="get"}"#),
+        100.0
+    );
+    assert_eq!(p.metric(r#"slotmux_redirections_total{kind="moved"}"#), 0.0);
+
+    // Five empty slots move to another master behind slotmux's back; one pipelined write
+    // to each then meets exactly five MOVEDs.
+    let tags: Vec<String> = (0..5).map(|i| format!("{{mv5-{i}}}")).collect();
+    let mut moved = Vec::new();
+    for t in &tags {
+        let slot = slotmux::cluster::key_slot(t.as_bytes());
+        let src = c.owner_of(slot);
+        let dst = c.masters().iter().map(|m| m.0).find(|&p| p != src).unwrap();
+        // Other tests put keys in every slot: migrate them properly.
+        crate::redirects::begin_migration(slot, src, dst);
+        crate::redirects::finish_migration(slot, src, dst);
+        moved.push(dst);
+    }
+    let mut s = p.raw();
+    let mut req = Vec::new();
+    for t in &tags {
+        req.extend(encode(&["SET", &format!("{t}k"), "v"]));
+    }
+    s.write_all(&req).unwrap();
+    for _ in &tags {
+        assert_eq!(read_reply_string(&mut s), "+OK\r\n");
+    }
+    assert_eq!(p.metric(r#"slotmux_redirections_total{kind="moved"}"#), 5.0);
+    for (t, dst) in tags.iter().zip(moved) {
+        assert_eq!(raw_cmd(dst, &["EXISTS", &format!("{t}k")]), ":1\r\n");
+    }
+    // Replicas show in CLUSTER SLOTS once synced; the MOVED-triggered refresh sees them.
+    wait_until("3 replicas in the map", Duration::from_secs(15), || {
+        p.metric("slotmux_replicas") == 3.0
+    });
+    let (_, body) = p.http_get("/metrics");
+    for name in [
+        "slotmux_build_info",
+        "slotmux_client_connections",
+        "slotmux_backend_requests_total",
+        "slotmux_backend_duration_seconds_bucket",
+        "slotmux_backend_connections",
+        "slotmux_topology_refreshes_total",
+        "slotmux_slots_covered 16384",
+        "slotmux_masters 3",
+        "slotmux_client_read_bytes_total",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+}
+
+#[test]
+fn health_endpoints() {
+    let p = Proxy::for_cluster(cluster());
+    assert_eq!(p.http_get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(p.http_get("/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(p.http_get("/nope").0, 404);
+    // A proxy whose seeds answer nothing is alive but not ready, and says why.
+    let lonely = Proxy::start(slotmux::Config::for_seeds(&["127.0.0.1:1".to_string()]));
+    let lonely_http = lonely.http;
+    let _ = lonely_http;
+    wait_until("a failed first refresh", Duration::from_secs(10), || {
+        lonely
+            .shared
+            .cluster
+            .stats
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    });
+    let (code, body) = lonely.http_get("/readyz");
+    assert_eq!(code, 503);
+    assert!(body.starts_with("not ready: no topology yet"), "{body}");
+    assert_eq!(lonely.http_get("/healthz").0, 200);
+    // And a client gets a clear CLUSTERDOWN at once instead of hanging.
+    let mut s = lonely.raw();
+    s.write_all(&encode(&["GET", "x"])).unwrap();
+    assert!(
+        read_reply_string(&mut s).starts_with("-CLUSTERDOWN slotmux has no cluster topology yet")
+    );
+}
+
+#[test]
+fn info_sections_and_cluster_wide_keyspace() {
+    let c = cluster();
+    let p = Proxy::for_cluster(c);
+    let mut con = p.conn();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("info:{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    let info: String = redis::cmd("INFO").query(&mut con).unwrap();
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Stats",
+        "# Cluster",
+        "# Keyspace",
+    ] {
+        assert!(info.contains(section), "INFO lacks {section}");
+    }
+    let server: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
+    assert!(server.starts_with("# Server") && !server.contains("# Clients"));
+    let direct_sum = || -> i64 {
+        c.masters()
+            .iter()
+            .map(|(port, _, _)| {
+                raw_cmd(*port, &["DBSIZE"])
+                    .trim_start_matches(':')
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let before = direct_sum();
+    let ks: String = redis::cmd("INFO").arg("keyspace").query(&mut con).unwrap();
+    let after = direct_sum();
+    let keys: i64 = ks
+        .lines()
+        .find_map(|l| l.strip_prefix("db0:keys="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    // Other tests write meanwhile: the sum lies between two direct readings.
+    assert!(
+        keys >= before.min(after) && keys <= before.max(after) + 100,
+        "{keys} vs {before}..{after}"
+    );
+}
+
+#[test]
+fn slowlog_records_slow_commands() {
+    let p = Proxy::with_config(cluster(), |cfg| cfg.slowlog_threshold = Duration::ZERO);
+    let mut con = p.conn();
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("slow:k")
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    let n: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut con).unwrap();
+    assert!(n >= 1);
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    let text = format!("{:?}", entries[0]);
+    assert!(
+        text.contains("slow:k") || text.contains("SLOWLOG"),
+        "{text}"
+    );
+}
