@@ -338,3 +338,298 @@ fn subscriber_is_resubscribed_after_its_node_dies() {
     c.restart(v);
     c.wait_healthy();
 }
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "redis-cli {args:?} failed: {text}");
+    text
+}
+
+/// Waits until every node agrees about the slot configuration (gossip has converged), as
+/// redis-cli requires before the next reshard/rebalance.
+fn wait_consistent(entry: &str) {
+    wait_until(
+        "the nodes to agree about the configuration",
+        Duration::from_secs(60),
+        || {
+            std::process::Command::new("redis-cli")
+                .args(["--cluster", "check", entry])
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("[ERR]")
+                })
+        },
+    );
+}
+
+/// Load that checks every read: a GET must return the value of the last acknowledged SET.
+fn checked_load(
+    p: &Proxy,
+    threads: usize,
+    prefix: &str,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<LoadReport>> {
+    (0..threads)
+        .map(|t| {
+            let url = p.url();
+            let stop = stop.clone();
+            let prefix = format!("{prefix}:{t}");
+            std::thread::spawn(move || {
+                let mut r = LoadReport::default();
+                let client = redis::Client::open(url).unwrap();
+                let mut con = client.get_connection().unwrap();
+                con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(240);
+                let mut last = std::collections::HashMap::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let k = format!("{prefix}:{}", i % 500);
+                    let v = i.to_string();
+                    match redis::cmd("SET").arg(&k).arg(&v).query::<()>(&mut con) {
+                        Ok(()) => {
+                            r.ok += 1;
+                            last.insert(k.clone(), v.clone());
+                        }
+                        Err(e) => r.errors.push(format!("SET {k}: {e}")),
+                    }
+                    match redis::cmd("GET").arg(&k).query::<Option<String>>(&mut con) {
+                        Ok(got) if got.as_deref() == last.get(&k).map(|s| s.as_str()) => r.ok += 1,
+                        Ok(got) => r
+                            .errors
+                            .push(format!("GET {k}: got {got:?}, want {:?}", last.get(&k))),
+                        Err(e) => r.errors.push(format!("GET {k}: {e}")),
+                    }
+                    i += 1;
+                }
+                r.acked = last.into_iter().collect();
+                r
+            })
+        })
+        .collect()
+}
+
+fn assert_acked_readable(p: &Proxy, reports: &[LoadReport]) {
+    let mut con = p.conn();
+    for r in reports {
+        for (k, v) in &r.acked {
+            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut con).unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(v.as_str()),
+                "acknowledged write to {k} lost"
+            );
+        }
+    }
+}
+
+#[test]
+fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
+    let (_g, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    let keys = write_keys(&p, "reshard", 3000);
+    let masters = c.masters();
+    let (from, to) = (&masters[0], &masters[1]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = checked_load(&p, 4, "reshardload", stop.clone());
+    let t0 = Instant::now();
+    let entry = format!("127.0.0.1:{}", from.0);
+    redis_cli(&[
+        "--cluster",
+        "reshard",
+        &entry,
+        "--cluster-from",
+        &from.1,
+        "--cluster-to",
+        &to.1,
+        "--cluster-slots",
+        "1000",
+        "--cluster-yes",
+    ]);
+    wait_consistent(&entry);
+    redis_cli(&["--cluster", "rebalance", &entry]);
+    wait_consistent(&entry);
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
+    summarize("reshard 1000 slots + rebalance", &reports, took);
+    let errors: Vec<&String> = reports.iter().flat_map(|r| &r.errors).collect();
+    assert!(
+        errors.is_empty(),
+        "client-visible errors during resharding: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert_all_readable(&p, &keys);
+    assert_acked_readable(&p, &reports);
+    eprintln!(
+        "[reshard] MOVED followed: {}, ASK followed: {}",
+        p.shared.stats.moved.load(Ordering::Relaxed),
+        p.shared.stats.ask.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn scale_out_and_in_under_load_and_a_proxy_that_started_before_its_seed() {
+    let (_g, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    let keys = write_keys(&p, "scale", 3000);
+    let new_port = support::free_port();
+    // A second proxy whose only seed does not exist yet: it starts, answers CLUSTERDOWN, and
+    // serves as soon as the seed appears.
+    let late = Proxy::start(slotmux::Config::for_seeds(&[format!(
+        "127.0.0.1:{new_port}"
+    )]));
+    wait_until(
+        "the late proxy's first failed refresh",
+        Duration::from_secs(10),
+        || late.shared.cluster.stats.failed.load(Ordering::Relaxed) > 0,
+    );
+    {
+        let mut con = late.conn();
+        let e = redis::cmd("GET")
+            .arg("x")
+            .query::<Option<String>>(&mut con)
+            .unwrap_err();
+        assert!(e.to_string().contains("no cluster topology yet"), "{e}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = checked_load(&p, 4, "scaleload", stop.clone());
+    let t0 = Instant::now();
+    c.spawn_extra(new_port);
+    let entry = format!("127.0.0.1:{}", c.masters()[0].0);
+    let newcomer = format!("127.0.0.1:{new_port}");
+    redis_cli(&["--cluster", "add-node", &newcomer, &entry]);
+    wait_until("the new node to join", Duration::from_secs(30), || {
+        support::try_cmd(new_port, &["CLUSTER", "INFO"])
+            .is_some_and(|i| i.contains("cluster_known_nodes:7") && i.contains("cluster_state:ok"))
+    });
+    late.wait_ready();
+    assert_all_readable(&late, &keys);
+    // Move a share of the slots onto the new master (a full rebalance moves ~4,000 slots
+    // each way and takes minutes on this machine; 300 slots with their keys exercise the
+    // same MOVED/ASK paths), then drain it and remove it.
+    let new_id = c.node_id(new_port);
+    let donor = c
+        .masters()
+        .iter()
+        .find(|m| m.0 != new_port)
+        .unwrap()
+        .1
+        .clone();
+    redis_cli(&[
+        "--cluster",
+        "reshard",
+        &entry,
+        "--cluster-from",
+        &donor,
+        "--cluster-to",
+        &new_id,
+        "--cluster-slots",
+        "300",
+        "--cluster-yes",
+    ]);
+    wait_consistent(&entry);
+    assert!(
+        support::raw_cmd(new_port, &["DBSIZE"]) != ":0\r\n",
+        "the new master received keys"
+    );
+    redis_cli(&[
+        "--cluster",
+        "reshard",
+        &entry,
+        "--cluster-from",
+        &new_id,
+        "--cluster-to",
+        &donor,
+        "--cluster-slots",
+        "300",
+        "--cluster-yes",
+    ]);
+    wait_consistent(&entry);
+    redis_cli(&["--cluster", "del-node", &entry, &new_id]);
+    c.forget(new_port);
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
+    summarize("scale out to 4 masters and back", &reports, took);
+    let errors: Vec<&String> = reports.iter().flat_map(|r| &r.errors).collect();
+    assert!(
+        errors.is_empty(),
+        "client-visible errors while scaling: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert_all_readable(&p, &keys);
+    assert_acked_readable(&p, &reports);
+    c.wait_healthy();
+}
+
+#[test]
+fn node_coming_back_on_a_new_address_is_followed() {
+    let (_g, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    let keys = write_keys(&p, "newaddr", 1000);
+    // A master that is not a seed, restarted quickly (within the node timeout) on another
+    // port with the same identity and data, as a pod with a new IP.
+    let seeds: Vec<u16> = c.ports.iter().take(2).copied().collect();
+    let v = c
+        .masters()
+        .iter()
+        .map(|m| m.0)
+        .find(|p| !seeds.contains(p))
+        .unwrap();
+    let id = c.node_id(v);
+    let new_port = support::free_port();
+    let t0 = Instant::now();
+    c.stop(v);
+    c.restart_on_new_port(v, new_port);
+    wait_until(
+        "the cluster to know the new address",
+        Duration::from_secs(30),
+        || {
+            support::try_cmd(seeds[0], &["CLUSTER", "NODES"]).is_some_and(|n| {
+                n.lines()
+                    .any(|l| l.starts_with(&id) && l.contains(&format!(":{new_port}@")))
+            })
+        },
+    );
+    wait_until(
+        "slotmux to serve every key again",
+        Duration::from_secs(30),
+        || {
+            let mut con = p.conn();
+            keys.iter().all(|k| {
+                redis::cmd("GET")
+                    .arg(k)
+                    .query::<Option<String>>(&mut con)
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some(k.as_str())
+            })
+        },
+    );
+    eprintln!(
+        "[new address] {v} -> {new_port}: all keys served after {:?}",
+        t0.elapsed()
+    );
+    let t = p.shared.cluster.snapshot();
+    assert!(
+        t.masters
+            .iter()
+            .any(|m| m.addr.ends_with(&format!(":{new_port}")))
+            || t.replicas
+                .iter()
+                .flatten()
+                .any(|r| r.ends_with(&format!(":{new_port}"))),
+        "slotmux's map has the new address"
+    );
+    c.wait_healthy();
+}

@@ -400,6 +400,64 @@ impl RedisCluster {
         });
     }
 
+    /// Starts an extra, empty cluster-enabled node (for add-node) and tracks it.
+    pub fn spawn_extra(&self, port: u16) {
+        let child = spawn(Self::node_cmd(&self.dir, port, &self.extra));
+        self.nodes.lock().unwrap().push(NodeProc {
+            port,
+            child: Some(child),
+        });
+        wait_until("the extra node to answer", Duration::from_secs(10), || {
+            try_cmd(port, &["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+        });
+    }
+
+    /// Moves a stopped node's identity (nodes.conf, AOF) to a new port and starts it there: a
+    /// pod coming back with a new address.
+    pub fn restart_on_new_port(&self, old: u16, new: u16) {
+        let conf = std::fs::read_to_string(self.dir.join(format!("nodes-{old}.conf"))).unwrap();
+        let conf: String = conf
+            .lines()
+            .map(|l| {
+                if l.contains("myself") {
+                    l.replace(
+                        &format!(":{old}@{}", old + 10000),
+                        &format!(":{new}@{}", new + 10000),
+                    )
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(self.dir.join(format!("nodes-{new}.conf")), conf + "\n").unwrap();
+        let aof = self.dir.join(format!("aof-{old}"));
+        if aof.exists() {
+            std::fs::rename(&aof, self.dir.join(format!("aof-{new}"))).unwrap();
+        }
+        let child = spawn(Self::node_cmd(&self.dir, new, &self.extra));
+        let mut nodes = self.nodes.lock().unwrap();
+        let n = nodes.iter_mut().find(|n| n.port == old).unwrap();
+        n.port = new;
+        n.child = Some(child);
+        drop(nodes);
+        wait_until("the moved node to answer", Duration::from_secs(10), || {
+            try_cmd(new, &["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+        });
+    }
+
+    /// Forgets a node that left the cluster (del-node shut it down).
+    pub fn forget(&self, port: u16) {
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(i) = nodes.iter().position(|n| n.port == port) {
+            let mut n = nodes.remove(i);
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
     pub fn pid(&self, port: u16) -> u32 {
         self.nodes
             .lock()
