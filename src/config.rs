@@ -8,8 +8,13 @@ use std::time::Duration;
 /// A transparent Redis Cluster proxy: clients see one Redis, slotmux routes every command to
 /// the master that owns its slot and follows MOVED/ASK/TRYAGAIN itself.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "slotmux", version, about, long_about = None)]
+#[command(name = "slotmux", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
+    /// A TOML file of settings (`key = value`, keys as the flag names with `-` or `_`).
+    /// Precedence: flags, then SLOTMUX_* environment variables, then this file, then defaults.
+    #[arg(long, env = "SLOTMUX_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Address clients connect to.
     #[arg(long, env = "SLOTMUX_LISTEN", default_value = "127.0.0.1:6379")]
     pub listen: String,
@@ -120,6 +125,47 @@ pub struct Config {
 }
 
 impl Config {
+    /// Parses flags, environment and the optional `--config` file, with that precedence.
+    pub fn load() -> Result<Config, String> {
+        Self::load_from(std::env::args().collect())
+    }
+
+    pub fn load_from(args: Vec<String>) -> Result<Config, String> {
+        // Find --config before full parsing: required settings may live in the file.
+        let from_flag = args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix("--config=").map(String::from).or_else(|| {
+                (a == "--config")
+                    .then(|| args.get(i + 1).cloned())
+                    .flatten()
+            })
+        });
+        let path = from_flag
+            .or_else(|| std::env::var("SLOTMUX_CONFIG").ok())
+            .filter(|p| !p.is_empty());
+        let Some(path) = path.map(std::path::PathBuf::from) else {
+            return Config::try_parse_from(&args).map_err(|e| e.to_string());
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let from_file =
+            file_args(&text, &args).map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let mut merged = vec![args.first().cloned().unwrap_or_else(|| "slotmux".into())];
+        merged.extend(from_file);
+        merged.extend(args.into_iter().skip(1));
+        Config::try_parse_from(merged).map_err(|e| e.to_string())
+    }
+
+    /// The settings as one log line, secrets masked.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        for secret in [&mut c.requirepass, &mut c.backend_password] {
+            if secret.is_some() {
+                *secret = Some("***".into());
+            }
+        }
+        format!("{c:?}")
+    }
+
     /// Settings for tests and benches: defaults with the given seeds.
     pub fn for_seeds(seeds: &[String]) -> Self {
         let mut args = vec![
@@ -131,6 +177,62 @@ impl Config {
         args.push("off".into());
         Config::parse_from(args)
     }
+}
+
+/// Flags named by a settings file, skipping what the command line or the environment sets.
+fn file_args(text: &str, cli: &[String]) -> Result<Vec<String>, String> {
+    let known: Vec<String> = <Config as clap::CommandFactory>::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(String::from))
+        .collect();
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected key = value", n + 1));
+        };
+        let flag = key.trim().replace('_', "-");
+        if !known.contains(&flag) || flag == "config" {
+            return Err(format!("line {}: unknown setting '{}'", n + 1, key.trim()));
+        }
+        let env = format!("SLOTMUX_{}", flag.replace('-', "_").to_ascii_uppercase());
+        let on_cli = cli
+            .iter()
+            .any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+        if on_cli || std::env::var_os(&env).is_some() {
+            continue;
+        }
+        out.push(format!("--{flag}"));
+        out.push(toml_value(value.trim()).map_err(|e| format!("line {}: {e}", n + 1))?);
+    }
+    Ok(out)
+}
+
+/// A TOML scalar or array of strings, as the flag's text (arrays joined with commas).
+fn toml_value(v: &str) -> Result<String, String> {
+    let v = v.split(" #").next().unwrap_or(v).trim();
+    if let Some(inner) = v.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+        let items: Result<Vec<String>, String> = inner
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(toml_value)
+            .collect();
+        return Ok(items?.join(","));
+    }
+    if let Some(s) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        return Ok(s.replace("\\\"", "\"").replace("\\\\", "\\"));
+    }
+    if let Some(s) = v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+        return Ok(s.to_string());
+    }
+    if v.is_empty() {
+        return Err("empty value".into());
+    }
+    Ok(v.to_string())
 }
 
 /// Parses "250ms", "5s", "2m", "1h" or a bare number of seconds.
@@ -194,6 +296,53 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert_eq!(parse_size("512mb").unwrap(), 512 << 20);
         assert!(parse_size("12xb").is_err());
+    }
+
+    #[test]
+    fn config_file_has_the_lowest_precedence() {
+        let dir = std::env::temp_dir().join(format!("slotmux-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slotmux.toml");
+        std::fs::write(
+            &path,
+            "# comment\nseeds = [\"a:1\", \"b:2\"]\nbackend_timeout = \"2s\"\nmaxclients = 77\nlisten = \"0.0.0.0:7777\"\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec![
+                "slotmux".to_string(),
+                "--config".into(),
+                path.display().to_string(),
+            ];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let c = Config::load_from(args(&["--maxclients", "5"])).unwrap();
+        assert_eq!(c.seeds, vec!["a:1", "b:2"]);
+        assert_eq!(c.backend_timeout, Duration::from_secs(2));
+        assert_eq!(c.maxclients, 5, "the flag wins over the file");
+        assert_eq!(c.listen, "0.0.0.0:7777");
+        std::fs::write(&path, "no_such = 1\n").unwrap();
+        let e = Config::load_from(args(&["--seeds", "x:1"])).unwrap_err();
+        assert!(e.contains("unknown setting 'no_such'"), "{e}");
+        std::fs::write(&path, "backend_timeout = \"fast\"\n").unwrap();
+        let e = Config::load_from(args(&["--seeds", "x:1"])).unwrap_err();
+        assert!(
+            e.contains("--backend-timeout"),
+            "the error names the setting: {e}"
+        );
+        let c = Config::load_from(vec![
+            "slotmux".into(),
+            "--seeds".into(),
+            "a:1".into(),
+            "--requirepass".into(),
+            "pw".into(),
+        ])
+        .unwrap();
+        assert!(
+            c.redacted().contains("requirepass: Some(\"***\")") && !c.redacted().contains("\"pw\"")
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! The `slotmux` binary: parse the configuration, set up logging, run until a signal.
 
-use clap::Parser;
 use slotmux::Config;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            std::process::exit(2);
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log_format == "json" {
@@ -33,18 +38,7 @@ fn main() {
                 return 1;
             }
         };
-        tracing::info!(
-            listen = %config.listen,
-            seeds = ?config.seeds,
-            metrics = %config.metrics_listen,
-            backend_connections = config.backend_connections,
-            backend_timeout = ?config.backend_timeout,
-            retry_budget = ?config.retry_budget,
-            maxclients = config.maxclients,
-            requirepass = config.requirepass.is_some(),
-            "slotmux {} starting",
-            env!("CARGO_PKG_VERSION")
-        );
+        tracing::info!(config = %config.redacted(), "slotmux {} starting", env!("CARGO_PKG_VERSION"));
         let shared = slotmux::Shared::start(config.clone());
         if config.metrics_listen != "off" {
             match tokio::net::TcpListener::bind(&config.metrics_listen).await {

@@ -32,6 +32,8 @@ pub struct Stats {
     pub retries: [AtomicU64; 4],
     pub unknown_outcome: AtomicU64,
     pub output_limit_disconnects: AtomicU64,
+    /// Second (since start) of the last "refusing client" log line.
+    pub last_reject_log: AtomicU64,
     /// Commands per second over the last second (sampled by a ticker).
     pub ops_per_sec: AtomicU64,
 }
@@ -216,7 +218,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 let n = shared.clients.fetch_add(1, Ordering::AcqRel);
                 if n >= shared.config.maxclients {
                     shared.clients.fetch_sub(1, Ordering::AcqRel);
-                    shared.stats.rejected_maxclients.fetch_add(1, Ordering::Relaxed);
+                    let n = shared.stats.rejected_maxclients.fetch_add(1, Ordering::Relaxed);
+                    // One line per second at most: a flood must not flood the log too.
+                    let now = shared.started.elapsed().as_secs();
+                    if shared.stats.last_reject_log.swap(now, Ordering::Relaxed) != now {
+                        tracing::warn!(client = %peer, rejected_total = n + 1, maxclients = shared.config.maxclients, "refusing client: max number of clients reached");
+                    }
                     tokio::spawn(async move {
                         let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                     });

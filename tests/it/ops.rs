@@ -57,7 +57,12 @@ fn metrics_count_exactly_100_gets_and_5_moveds() {
         assert_eq!(raw_cmd(dst, &["EXISTS", &format!("{t}k")]), ":1\r\n");
     }
     // Replicas show in CLUSTER SLOTS once synced; the MOVED-triggered refresh sees them.
-    wait_until("3 replicas in the map", Duration::from_secs(15), || {
+    // (CLUSTER SLOTS lists a replica once its replication offset has been gossiped.)
+    wait_until("3 replicas in the map", Duration::from_secs(30), || {
+        p.shared
+            .cluster
+            .request_refresh(slotmux::cluster::refresh::Reason::Periodic);
+        std::thread::sleep(Duration::from_millis(300));
         p.metric("slotmux_replicas") == 3.0
     });
     let (_, body) = p.http_get("/metrics");
@@ -74,6 +79,31 @@ fn metrics_count_exactly_100_gets_and_5_moveds() {
     ] {
         assert!(body.contains(name), "/metrics lacks {name}");
     }
+    // Every metric the Grafana dashboard queries exists.
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/slotmux-dashboard.json"
+    ))
+    .unwrap();
+    let mut rest = dash.as_str();
+    let mut checked = 0;
+    while let Some(i) = rest.find("slotmux_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        if name == "slotmux_" {
+            continue;
+        }
+        let base = name.trim_end_matches("_bucket");
+        assert!(
+            body.contains(&format!("# TYPE {base} ")),
+            "the dashboard uses {name}, which /metrics does not export"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "dashboard queries found: {checked}");
 }
 
 #[test]
