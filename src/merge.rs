@@ -129,6 +129,11 @@ fn protocol_error(what: &str) -> Bytes {
     b.freeze()
 }
 
+/// The elements of every part, or `None` if one is not an array.
+fn all_elements(parts: &[Bytes]) -> Option<Vec<Vec<(usize, usize)>>> {
+    parts.iter().map(|p| elements(p)).collect()
+}
+
 /// Combines `parts` (one reply per sub-request, in plan order). `order` is MGET's mapping
 /// from the client's key index to (part, element).
 pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
@@ -138,11 +143,7 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
     let mut out = BytesMut::new();
     match kind {
         Merge::Mget => {
-            let Some(els) = parts
-                .iter()
-                .map(|p| elements(p))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(els) = all_elements(parts) else {
                 return protocol_error("MGET");
             };
             write::array_header(&mut out, order.len());
@@ -175,11 +176,7 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
             }
         }
         Merge::Concat => {
-            let Some(els) = parts
-                .iter()
-                .map(|p| elements(p))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(els) = all_elements(parts) else {
                 return protocol_error("arrays");
             };
             write::array_header(&mut out, els.iter().map(|e| e.len()).sum());
@@ -199,11 +196,7 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
                 .unwrap_or_default()
         }
         Merge::AndArrays => {
-            let Some(els) = parts
-                .iter()
-                .map(|p| elements(p))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(els) = all_elements(parts) else {
                 return protocol_error("arrays");
             };
             let n = els.first().map(|e| e.len()).unwrap_or(0);

@@ -298,17 +298,7 @@ pub fn scan_reply(frame: &Bytes, slot: u16, topo: &Topology) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args_of(parts: &[&str]) -> (Vec<u8>, Vec<(usize, usize)>) {
-        let mut frame = Vec::new();
-        let mut ranges = Vec::new();
-        for p in parts {
-            let s = frame.len();
-            frame.extend_from_slice(p.as_bytes());
-            ranges.push((s, frame.len()));
-        }
-        (frame, ranges)
-    }
+    use crate::command::args_of;
 
     #[test]
     fn mget_split_keeps_client_order() {

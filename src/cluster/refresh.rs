@@ -19,6 +19,7 @@ use super::topology::{parse_cluster_slots, SlotRange, Topology};
 use crate::resp::write::Proto;
 use crate::upstream::conn::{connect, encode_command, read_replies};
 use crate::upstream::{Node, Registry};
+use redis_protocol::resp2::types::OwnedFrame;
 
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
@@ -278,27 +279,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends one command on a fresh connection and decodes the reply (cold path: topology
+    /// and command discovery only).
+    async fn query(
+        &self,
+        addr: &str,
+        cmd: &[&[u8]],
+        limit: Duration,
+    ) -> Result<OwnedFrame, String> {
+        let settings = self.registry.settings();
+        let mut stream = connect(addr, Proto::Resp2, settings).await?;
+        let mut req = BytesMut::new();
+        encode_command(&mut req, cmd);
+        let name = String::from_utf8_lossy(&cmd.join(&b' ')).into_owned();
+        let reply = tokio::time::timeout(limit, async {
+            stream.write_all(&req).await?;
+            read_replies(&mut stream, 1).await
+        })
+        .await
+        .map_err(|_| format!("{name} timed out"))?
+        .map_err(|e| e.to_string())?;
+        let (frame, _) = redis_protocol::resp2::decode::decode(&reply[0])
+            .map_err(|e| e.to_string())?
+            .ok_or(format!("incomplete {name} reply"))?;
+        Ok(frame)
+    }
+
     /// Learns the commands the generated table lacks (modules) from a node's `COMMAND`.
     async fn learn_commands(&self, addr: &str) {
-        let settings = self.registry.settings();
-        let result = async {
-            let mut stream = connect(addr, Proto::Resp2, settings).await?;
-            let mut req = BytesMut::new();
-            encode_command(&mut req, &[b"COMMAND"]);
-            let reply = tokio::time::timeout(settings.reply_timeout, async {
-                stream.write_all(&req).await?;
-                read_replies(&mut stream, 1).await
-            })
+        let limit = self.registry.settings().reply_timeout;
+        match self
+            .query(addr, &[b"COMMAND"], limit)
             .await
-            .map_err(|_| "COMMAND timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-            let (frame, _) = redis_protocol::resp2::decode::decode(&reply[0])
-                .map_err(|e| e.to_string())?
-                .ok_or("incomplete COMMAND reply")?;
-            Ok::<usize, String>(crate::command::learn::learn(&frame))
-        }
-        .await;
-        match result {
+            .map(|f| crate::command::learn::learn(&f))
+        {
             Ok(0) => tracing::debug!("the cluster has no commands beyond the built-in table"),
             Ok(n) => tracing::info!(
                 commands = n,
@@ -311,21 +325,12 @@ impl Cluster {
     }
 
     async fn ask(&self, addr: &str) -> Result<Vec<SlotRange>, String> {
-        let settings = self.registry.settings();
-        let mut stream = connect(addr, Proto::Resp2, settings).await?;
-        let mut req = BytesMut::new();
-        encode_command(&mut req, &[b"CLUSTER", b"SLOTS"]);
-        let limit = settings.reply_timeout.min(Duration::from_secs(2));
-        let reply = tokio::time::timeout(limit, async {
-            stream.write_all(&req).await?;
-            read_replies(&mut stream, 1).await
-        })
-        .await
-        .map_err(|_| "CLUSTER SLOTS timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        let (frame, _) = redis_protocol::resp2::decode::decode(&reply[0])
-            .map_err(|e| e.to_string())?
-            .ok_or("incomplete CLUSTER SLOTS reply")?;
+        let limit = self
+            .registry
+            .settings()
+            .reply_timeout
+            .min(Duration::from_secs(2));
+        let frame = self.query(addr, &[b"CLUSTER", b"SLOTS"], limit).await?;
         let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         parse_cluster_slots(&frame, host)

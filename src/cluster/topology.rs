@@ -164,7 +164,8 @@ pub fn join_addr(host: &str, port: i64) -> String {
     }
 }
 
-fn text(f: &OwnedFrame) -> Option<String> {
+/// A bulk or simple string of a decoded reply (cold-path helpers shared with command learning).
+pub fn text(f: &OwnedFrame) -> Option<String> {
     match f {
         OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
             Some(String::from_utf8_lossy(b).into_owned())
@@ -173,7 +174,7 @@ fn text(f: &OwnedFrame) -> Option<String> {
     }
 }
 
-fn int(f: &OwnedFrame) -> Option<i64> {
+pub fn int(f: &OwnedFrame) -> Option<i64> {
     match f {
         OwnedFrame::Integer(i) => Some(*i),
         _ => None,

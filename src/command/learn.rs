@@ -11,6 +11,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 use std::sync::OnceLock;
 
 use super::table::{self, BeginSearch, CommandSpec, FindKeys, KeySpec};
+use crate::cluster::topology::{int, text};
 
 static LEARNED: OnceLock<Vec<CommandSpec>> = OnceLock::new();
 
@@ -22,22 +23,6 @@ pub fn learned() -> &'static [CommandSpec] {
 /// Whether the learned table has been filled (successfully or with nothing new).
 pub fn is_learned() -> bool {
     LEARNED.get().is_some()
-}
-
-fn text(f: &OwnedFrame) -> Option<String> {
-    match f {
-        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
-            Some(String::from_utf8_lossy(b).into_owned())
-        }
-        _ => None,
-    }
-}
-
-fn int(f: &OwnedFrame) -> Option<i64> {
-    match f {
-        OwnedFrame::Integer(i) => Some(*i),
-        _ => None,
-    }
 }
 
 fn arr(f: &OwnedFrame) -> &[OwnedFrame] {

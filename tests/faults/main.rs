@@ -36,48 +36,6 @@ struct LoadReport {
 }
 
 /// Runs SET/GET pairs through slotmux from `threads` clients until `stop`.
-fn run_load(
-    p: &Proxy,
-    threads: usize,
-    prefix: &str,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<LoadReport>> {
-    (0..threads)
-        .map(|t| {
-            let url = p.url();
-            let stop = stop.clone();
-            let prefix = format!("{prefix}:{t}");
-            std::thread::spawn(move || {
-                let mut r = LoadReport::default();
-                let client = redis::Client::open(url).unwrap();
-                let mut con = client.get_connection().unwrap();
-                con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let k = format!("{prefix}:{}", i % 2000);
-                    let v = i.to_string();
-                    let t0 = Instant::now();
-                    match redis::cmd("SET").arg(&k).arg(&v).query::<()>(&mut con) {
-                        Ok(()) => {
-                            r.ok += 1;
-                            r.acked.push((k.clone(), v.clone()));
-                        }
-                        Err(e) => r.errors.push(format!("SET: {e}")),
-                    }
-                    match redis::cmd("GET").arg(&k).query::<Option<String>>(&mut con) {
-                        Ok(_) => r.ok += 1,
-                        Err(e) => r.errors.push(format!("GET: {e}")),
-                    }
-                    r.max_latency = r.max_latency.max(t0.elapsed());
-                    i += 1;
-                }
-                r
-            })
-        })
-        .collect()
-}
-
 fn write_keys(p: &Proxy, prefix: &str, n: usize) -> Vec<String> {
     let mut con = p.conn();
     let keys: Vec<String> = (0..n).map(|i| format!("{prefix}:{i}")).collect();
@@ -174,7 +132,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
         support::raw_cmd(port, &["WAIT", "1", "2000"]);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let load = run_load(&p, 4, "killload", stop.clone());
+    let load = run_load(&p, 4, "killload", stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
     let victim_key = key_on(c, &keys, v);
     let t0 = Instant::now();
@@ -195,16 +153,13 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
         }
     }
     assert_all_readable(&p, &keys);
-    // Acknowledged writes after the failover are readable too (last value per key wins).
+    // Keys the load acknowledged are still there. (Their value may be a later write whose
+    // outcome was reported unknown; and an acknowledged write that had not reached the replica
+    // when its master died is lost by Redis itself: replication is asynchronous.)
     let mut con = p.conn();
     for r in &reports {
-        let mut last = std::collections::HashMap::new();
-        for (k, v) in &r.acked {
-            last.insert(k.clone(), v.clone());
-        }
-        for (k, v) in last.iter().take(200) {
+        for (k, v) in r.acked.iter().take(200) {
             let got: Option<String> = redis::cmd("GET").arg(k).query(&mut con).unwrap();
-            // A SET whose outcome was reported unknown may have landed later than the acked one.
             assert!(got.is_some(), "acked key {k} (value {v}) is missing");
         }
     }
@@ -222,7 +177,7 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
     }
     let v = victim(c);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = run_load(&p, 4, "stopload", stop.clone());
+    let load = run_load(&p, 4, "stopload", stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
     let victim_key = key_on(c, &keys, v);
     let t0 = Instant::now();
@@ -370,12 +325,15 @@ fn wait_consistent(entry: &str) {
     );
 }
 
-/// Load that checks every read: a GET must return the value of the last acknowledged SET.
-fn checked_load(
+/// SET/GET pairs through slotmux from `threads` clients until `stop`. With `check_reads`, a
+/// GET must return the value of the last acknowledged SET (not for failover tests, where a
+/// write reported as "outcome unknown" may still have landed).
+fn run_load(
     p: &Proxy,
     threads: usize,
     prefix: &str,
     stop: Arc<AtomicBool>,
+    check_reads: bool,
 ) -> Vec<std::thread::JoinHandle<LoadReport>> {
     (0..threads)
         .map(|t| {
@@ -393,6 +351,7 @@ fn checked_load(
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let k = format!("{prefix}:{}", i % 500);
                     let v = i.to_string();
+                    let t0 = Instant::now();
                     match redis::cmd("SET").arg(&k).arg(&v).query::<()>(&mut con) {
                         Ok(()) => {
                             r.ok += 1;
@@ -401,12 +360,18 @@ fn checked_load(
                         Err(e) => r.errors.push(format!("SET {k}: {e}")),
                     }
                     match redis::cmd("GET").arg(&k).query::<Option<String>>(&mut con) {
-                        Ok(got) if got.as_deref() == last.get(&k).map(|s| s.as_str()) => r.ok += 1,
+                        Ok(got)
+                            if !check_reads
+                                || got.as_deref() == last.get(&k).map(|s| s.as_str()) =>
+                        {
+                            r.ok += 1
+                        }
                         Ok(got) => r
                             .errors
                             .push(format!("GET {k}: got {got:?}, want {:?}", last.get(&k))),
                         Err(e) => r.errors.push(format!("GET {k}: {e}")),
                     }
+                    r.max_latency = r.max_latency.max(t0.elapsed());
                     i += 1;
                 }
                 r.acked = last.into_iter().collect();
@@ -438,7 +403,7 @@ fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
     let masters = c.masters();
     let (from, to) = (&masters[0], &masters[1]);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = checked_load(&p, 4, "reshardload", stop.clone());
+    let load = run_load(&p, 4, "reshardload", stop.clone(), true);
     let t0 = Instant::now();
     let entry = format!("127.0.0.1:{}", from.0);
     redis_cli(&[
@@ -500,7 +465,7 @@ fn scale_out_and_in_under_load_and_a_proxy_that_started_before_its_seed() {
         assert!(e.to_string().contains("no cluster topology yet"), "{e}");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let load = checked_load(&p, 4, "scaleload", stop.clone());
+    let load = run_load(&p, 4, "scaleload", stop.clone(), true);
     let t0 = Instant::now();
     c.spawn_extra(new_port);
     let entry = format!("127.0.0.1:{}", c.masters()[0].0);

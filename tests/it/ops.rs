@@ -161,18 +161,7 @@ fn info_sections_and_cluster_wide_keyspace() {
     }
     let server: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
     assert!(server.starts_with("# Server") && !server.contains("# Clients"));
-    let direct_sum = || -> i64 {
-        c.masters()
-            .iter()
-            .map(|(port, _, _)| {
-                raw_cmd(*port, &["DBSIZE"])
-                    .trim_start_matches(':')
-                    .trim()
-                    .parse::<i64>()
-                    .unwrap()
-            })
-            .sum()
-    };
+    let direct_sum = || c.dbsize();
     let before = direct_sum();
     let ks: String = redis::cmd("INFO").arg("keyspace").query(&mut con).unwrap();
     let after = direct_sum();

@@ -351,6 +351,20 @@ impl RedisCluster {
         panic!("no owner for slot {slot}");
     }
 
+    /// DBSIZE summed over the masters, asked directly.
+    pub fn dbsize(&self) -> i64 {
+        self.masters()
+            .iter()
+            .map(|(port, _, _)| {
+                raw_cmd(*port, &["DBSIZE"])
+                    .trim_start_matches(':')
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    }
+
     pub fn node_id(&self, port: u16) -> String {
         raw_cmd(port, &["CLUSTER", "MYID"])
             .lines()
