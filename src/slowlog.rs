@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::resp::request::{Limits, RequestScanner};
 use crate::resp::write;
 
 /// Redis keeps at most 32 arguments and 128 bytes of each.
@@ -35,23 +34,21 @@ pub struct SlowLog {
     max_len: usize,
 }
 
-fn args_of(frame: &Bytes) -> Vec<Bytes> {
-    let mut buf = BytesMut::from(&frame[..]);
-    let mut sc = RequestScanner::new(Limits::default());
-    let Ok(Some(f)) = sc.next(&mut buf) else {
-        return Vec::new();
+/// The arguments Redis would keep, each copied on its own (at most 128 bytes): an entry must
+/// not pin the whole command, which may be hundreds of megabytes.
+fn args_of(frame: &[u8]) -> Vec<Bytes> {
+    let ranges = arg_ranges(frame);
+    let total = ranges.len();
+    let keep = if total > MAX_ARGS {
+        MAX_ARGS - 1
+    } else {
+        MAX_ARGS
     };
-    let total = sc.args().len();
-    let mut out: Vec<Bytes> = sc
-        .args()
+    let mut out: Vec<Bytes> = ranges
         .iter()
-        .take(if total > MAX_ARGS {
-            MAX_ARGS - 1
-        } else {
-            MAX_ARGS
-        })
+        .take(keep)
         .map(|&(a, b)| {
-            let arg = &f[a..b];
+            let arg = &frame[a..b];
             if arg.len() > MAX_ARG_LEN {
                 let mut s = arg[..MAX_ARG_LEN].to_vec();
                 s.extend_from_slice(
@@ -59,7 +56,7 @@ fn args_of(frame: &Bytes) -> Vec<Bytes> {
                 );
                 Bytes::from(s)
             } else {
-                f.slice(a..b)
+                Bytes::copy_from_slice(arg)
             }
         })
         .collect();
@@ -68,6 +65,32 @@ fn args_of(frame: &Bytes) -> Vec<Bytes> {
             "... ({} more arguments)",
             total - MAX_ARGS + 1
         )));
+    }
+    out
+}
+
+/// Argument ranges of a complete RESP multibulk (what the request scanner forwards).
+fn arg_ranges(frame: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let Some(cr) = crate::resp::find_crlf(frame, 0) else {
+        return out;
+    };
+    let n = crate::resp::parse_i64(frame.get(1..cr).unwrap_or_default()).unwrap_or(0);
+    let mut pos = cr + 2;
+    for _ in 0..n.max(0) {
+        let Some(cr) = crate::resp::find_crlf(frame, pos) else {
+            break;
+        };
+        let Some(len) = crate::resp::parse_i64(frame.get(pos + 1..cr).unwrap_or_default()) else {
+            break;
+        };
+        let start = cr + 2;
+        let end = start + len.max(0) as usize;
+        if end > frame.len() {
+            break;
+        }
+        out.push((start, end));
+        pos = end + 2;
     }
     out
 }
@@ -81,7 +104,7 @@ impl SlowLog {
         }
     }
 
-    pub fn record(&self, took: Duration, frame: &Bytes, peer: SocketAddr, name: Option<&Bytes>) {
+    pub fn record(&self, took: Duration, frame: &[u8], peer: SocketAddr, name: Option<&Bytes>) {
         let args = args_of(frame);
         let micros = took.as_micros() as u64;
         let command = args

@@ -482,7 +482,13 @@ mod tests {
             policy(lookup(b"mget").unwrap()),
             Handling::Split(Merge::Mget)
         );
-        assert_eq!(policy(lookup(b"subscribe").unwrap()), Handling::Subscribe(Sub::Subscribe));
-        assert!(matches!(policy(lookup(b"shutdown").unwrap()), Handling::Refused(_)));
+        assert_eq!(
+            policy(lookup(b"subscribe").unwrap()),
+            Handling::Subscribe(Sub::Subscribe)
+        );
+        assert!(matches!(
+            policy(lookup(b"shutdown").unwrap()),
+            Handling::Refused(_)
+        ));
     }
 }

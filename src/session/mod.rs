@@ -276,6 +276,7 @@ impl Session {
                     inbuf.clear();
                 }
             }
+            crate::upstream::conn::shrink(&mut inbuf);
             s.flush_ready();
             if s.kill || (s.closing && s.pending.is_empty() && s.out.is_empty()) {
                 break;
@@ -302,6 +303,7 @@ impl Session {
                     match r {
                         Ok(n) => {
                             s.stats.bytes_out += n as u64;
+                            crate::upstream::conn::shrink(&mut s.out);
                             // Like Redis, a reply counts as interaction for the idle timeout.
                             if !idle.is_zero() {
                                 idle_sleep.as_mut().reset(Instant::now() + idle);
@@ -462,12 +464,13 @@ impl Session {
                 .unwrap_or_default();
             self.shared.scripts.remember(body);
         }
-        let topo = self.topo.load().clone();
-        let route = router::route(spec, args, &topo, &self.shared.cluster.registry);
+        // The snapshot is borrowed, not cloned, on the common path.
+        let route = router::route(spec, args, self.topo.load(), &self.shared.cluster.registry);
         if let Route::Subscribe(k) = route {
             return self.subscribe(k, frame.clone(), args);
         }
         if let Route::Transaction(t) = route {
+            let topo = self.topo.load().clone();
             return self.transaction(t, frame.clone(), args, spec, &topo);
         }
         if self.multi.is_some() {
@@ -477,6 +480,7 @@ impl Session {
         match route {
             Route::Transaction(_) | Route::Subscribe(_) => {}
             Route::Info => {
+                let topo = self.topo.load().clone();
                 let wanted: Vec<&[u8]> = (1..args.len()).filter_map(|i| args.get(i)).collect();
                 let sections = crate::server::info_sections(&wanted);
                 let text = crate::server::info_text(&self.shared, &topo, &sections);
@@ -847,7 +851,6 @@ impl Session {
     /// Sends (or resends) the request `tag` to where its target says.
     fn send(&mut self, tag: u64) {
         let lane = self.id as usize;
-        let topo = self.topo.load().clone();
         let proto = self.proto;
         let reply_to = self.tx.clone();
         let pinned = self
@@ -891,12 +894,17 @@ impl Session {
         let (node, asking) = match f.redirect.take() {
             Some((n, asking)) => (Some(n), asking),
             None => match &f.target {
-                Target::Slot(s) => (topo.master_for(*s).cloned(), false),
-                Target::AnyMaster => (topo.any_master(lane).cloned(), false),
+                Target::Slot(s) => {
+                    let s = *s;
+                    (self.topo.load().master_for(s).cloned(), false)
+                }
+                Target::AnyMaster => (self.topo.load().any_master(lane).cloned(), false),
                 Target::Node(n) => (Some(n.clone()), false),
             },
         };
+        let Some(f) = self.flight(tag) else { return };
         let Some(node) = node else {
+            let topo = self.topo.load().clone();
             let stats = &self.shared.cluster.stats;
             if topo.is_empty()
                 && stats.failed.load(Ordering::Relaxed) > 0

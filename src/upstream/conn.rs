@@ -266,6 +266,13 @@ pub async fn read_replies(stream: &mut TcpStream, n: usize) -> std::io::Result<V
     Ok(out)
 }
 
+/// Gives back the memory of a buffer that once held a huge command or reply, once it is empty.
+pub(crate) fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 1 << 20 {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+}
+
 /// Per-connection metric counts, flushed about once a second (no shared atomics per reply).
 struct Local {
     m: NodeMetrics,
@@ -401,11 +408,13 @@ async fn pump(
                         Err(e) => return ConnEnd::Broken(format!("bad reply: {e}")),
                     }
                 }
+                shrink(&mut rbuf);
             }
             r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
                 if let Err(e) = r {
                     return ConnEnd::Broken(e.to_string());
                 }
+                shrink(&mut wbuf);
             }
             req = rx.recv(), if rx_open && wbuf.len() < WRITE_HIGH => {
                 match req {
