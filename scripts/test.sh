@@ -2,8 +2,9 @@
 # Runs slotmux's whole test suite: formatting, lints, unit tests, integration tests against
 # real Redis Clusters, and the deploy/ checks. Installs what is missing (as root: redis-server
 # with apt-get, the Python redis client with pip).
-#   scripts/test.sh            everything
-#   QUICK=1 scripts/test.sh    skip the deploy/ simulation
+#   scripts/test.sh                everything
+#   QUICK=1 scripts/test.sh        skip the deploy/ network-namespace simulation
+#   SKIP_FUZZ=1 scripts/test.sh    skip the bounded fuzz run (FUZZ_SECONDS per target, default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -28,6 +29,11 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets 2>&1
+# A bounded fuzz run of the byte scanners (cargo-fuzz on stable; installed when missing).
+if [ -z "${SKIP_FUZZ:-}" ] && [ -x scripts/fuzz.sh ]; then
+  echo "== scripts/fuzz.sh (FUZZ_SECONDS=${FUZZ_SECONDS:=15} per target)"
+  FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
+fi
 if [ -x deploy/validate.sh ]; then
   echo "== deploy/validate.sh"
   deploy/validate.sh
