@@ -32,6 +32,8 @@ pub struct SlowLog {
     entries: Mutex<VecDeque<Entry>>,
     next_id: AtomicU64,
     max_len: usize,
+    log_second: AtomicU64,
+    logged_this_second: AtomicU64,
 }
 
 /// The arguments Redis would keep, each copied on its own (at most 128 bytes): an entry must
@@ -99,6 +101,8 @@ impl SlowLog {
     pub fn new(max_len: usize) -> Self {
         SlowLog {
             entries: Mutex::new(VecDeque::new()),
+            log_second: AtomicU64::new(0),
+            logged_this_second: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             max_len,
         }
@@ -111,7 +115,17 @@ impl SlowLog {
             .first()
             .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
             .unwrap_or_default();
-        tracing::info!(command = %command, micros, client = %peer, "slow command");
+        // A deep pipeline makes many commands slow at once: at most 10 log lines a second.
+        let sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.log_second.swap(sec, Ordering::Relaxed) != sec {
+            self.logged_this_second.store(0, Ordering::Relaxed);
+        }
+        if self.logged_this_second.fetch_add(1, Ordering::Relaxed) < 10 {
+            tracing::info!(command = %command, micros, client = %peer, "slow command");
+        }
         if self.max_len == 0 {
             return;
         }
