@@ -252,6 +252,10 @@ impl Session {
         if *shutdown.borrow() {
             return;
         }
+        // Created once: a fresh `changed()` per loop turn would lock the watch's waiter list
+        // on every command.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
 
         loop {
             // Parse whatever is buffered while there is room in the pipeline.
@@ -341,7 +345,7 @@ impl Session {
                     tracing::debug!(client = %s.peer, "closing idle client");
                     break;
                 }
-                r = shutdown.changed(), if !s.closing => {
+                r = &mut stop, if !s.closing => {
                     let _ = r;
                     s.closing = true;
                 }
