@@ -137,9 +137,24 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     let victim_key = key_on(c, &keys, v);
     let t0 = Instant::now();
     c.kill(v);
+    // Readiness drops while a master is unreachable...
+    wait_until(
+        "/readyz to report the dead master",
+        Duration::from_secs(20),
+        || {
+            let (code, body) = p.http_get("/readyz");
+            code == 503 && body.contains("unreachable")
+        },
+    );
     // A client keeps trying a key on the victim's slots until it works again.
     wait_served(&p, &victim_key, Duration::from_secs(30));
     let recovered = t0.elapsed();
+    // ...and comes back once the replica has taken over.
+    wait_until(
+        "/readyz to be ready after the failover",
+        Duration::from_secs(20),
+        || p.http_get("/readyz").0 == 200,
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
