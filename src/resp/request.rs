@@ -213,12 +213,21 @@ impl RequestScanner {
     /// sees one shape. Returns `Some(None)` for a consumed blank line.
     #[allow(clippy::option_option)]
     fn inline(&mut self, buf: &mut BytesMut) -> Result<Option<Option<Bytes>>, ProtocolError> {
-        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        // Resume the newline search where the last read left it: a long line arriving in
+        // small reads stays linear.
+        let from = self.crlf_from.min(buf.len());
+        let Some(nl) = buf[from..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| i + from)
+        else {
             if buf.len() > MAX_INLINE {
                 return Err(ProtocolError::TooBigInline);
             }
+            self.crlf_from = buf.len();
             return Ok(None);
         };
+        self.crlf_from = 0;
         if nl > MAX_INLINE {
             return Err(ProtocolError::TooBigInline);
         }
@@ -260,11 +269,18 @@ fn itoa(n: usize) -> String {
 /// C-style escapes (\n \r \t \b \a \\ \" \xHH), 'single quotes' take only \', and a closing
 /// quote must be followed by a space or the end of the line.
 pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    // Redis splits the line as a C string: a NUL ends it.
+    let line = match line.iter().position(|&b| b == 0) {
+        Some(nul) => &line[..nul],
+        None => line,
+    };
+    // C's isspace(): space, \t, \n, \v, \f, \r.
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
     let mut out = Vec::new();
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while i < n && is_space(line[i]) {
             i += 1;
         }
         if i >= n {
@@ -298,7 +314,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                         other => other,
                     });
                 } else if c == b'"' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !is_space(line[i + 1]) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -315,7 +331,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     i += 1;
                     cur.push(b'\'');
                 } else if c == b'\'' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !is_space(line[i + 1]) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -328,7 +344,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     break;
                 }
                 match line[i] {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b if is_space(b) => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => cur.push(c),
@@ -401,6 +417,28 @@ mod tests {
             vec![b"set".to_vec(), b"a".to_vec(), b"b cA".to_vec()]
         );
         assert_eq!(cmds[2], vec![b"get".to_vec(), b"it's".to_vec()]);
+    }
+
+    #[test]
+    fn nul_ends_an_inline_line_like_redis() {
+        // Found by the fuzzer: a NUL outside quotes used to loop for ever.
+        assert_eq!(scan_all(b"\0\r\n", 1).unwrap(), Vec::<Vec<Vec<u8>>>::new());
+        assert_eq!(
+            scan_all(b"GET k\0junk\r\n", 2).unwrap(),
+            vec![vec![b"GET".to_vec(), b"k".to_vec()]]
+        );
+        assert_eq!(
+            scan_all(b"\x0bPING\x0c\r\n", 3).unwrap(),
+            vec![vec![b"PING".to_vec()]]
+        );
+    }
+
+    #[test]
+    fn long_inline_line_in_small_reads_is_linear() {
+        let mut line = vec![b'a'; 60 * 1024];
+        line.extend_from_slice(b"\r\n");
+        let cmds = scan_all(&line, 7).unwrap();
+        assert_eq!(cmds.len(), 1);
     }
 
     #[test]

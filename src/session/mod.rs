@@ -37,6 +37,8 @@ use crate::upstream::conn::{ConnHandle, Mode};
 use crate::upstream::{Node, Reply, Request, UpstreamError};
 
 const READ_CHUNK: usize = 16 * 1024;
+/// The first read of a new client: most first commands are small.
+const FIRST_READ: usize = 512;
 /// Stop reading from a client while this much output waits for it.
 const OUT_HIGH: usize = 1 << 20;
 /// Tags are `entry << SUB_BITS | part`, part 0 being the entry's own request.
@@ -219,13 +221,14 @@ impl Session {
             name: None,
             topo,
             tx,
-            pending: VecDeque::with_capacity(16),
-            meta: VecDeque::with_capacity(16),
+            pending: VecDeque::new(),
+            meta: VecDeque::new(),
             cur: None,
             stats: SessionStats::default(),
             base: 0,
             retries: Vec::new(),
-            out: BytesMut::with_capacity(READ_CHUNK),
+            // Buffers grow on first use: an idle client costs a few KiB, not 32.
+            out: BytesMut::new(),
             closing: false,
             kill: false,
             last_write: None,
@@ -241,7 +244,7 @@ impl Session {
         let query_limit = cfg.client_query_buffer_limit.min(usize::MAX as u64) as usize;
         let max_pipeline = cfg.max_pipeline as usize;
         let idle = cfg.idle_timeout;
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut inbuf = BytesMut::new();
         let (mut rd, mut wr) = stream.split();
         let retry_sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(retry_sleep);
@@ -292,8 +295,13 @@ impl Session {
                 }
             }
             let can_read = !s.closing && s.pending.len() < max_pipeline && s.out.len() < OUT_HIGH;
-            if can_read && inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-                inbuf.reserve(READ_CHUNK);
+            if can_read && inbuf.capacity() - inbuf.len() < FIRST_READ / 2 {
+                // Small until the client shows it sends more.
+                inbuf.reserve(if inbuf.capacity() == 0 {
+                    FIRST_READ
+                } else {
+                    READ_CHUNK
+                });
             }
             tokio::select! {
                 biased;
