@@ -571,6 +571,21 @@ fn hop(c: &mut Criterion) {
     g.finish();
 }
 
+/// What metrics add per request: the session's `record` (a lookup by pointer and a
+/// `LocalHistogram::observe`) and the clock read that starts each command's timer. "Metrics
+/// off" would be neither; so this is the on-minus-off cost per command.
+fn metrics(c: &mut Criterion) {
+    let mut g = c.benchmark_group("metrics");
+    let m = slotmux::metrics::Metrics::new();
+    let mut stats = slotmux::metrics::SessionStats::default();
+    let reply = b"$3\r\nbar\r\n";
+    g.bench_function("record_per_command", |b| {
+        b.iter(|| stats.record(&m, black_box("get"), black_box(reply), black_box(0.0001)))
+    });
+    g.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
+    g.finish();
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
     // criterion then runs every benchmark once as a smoke test: keep the report short there.
@@ -586,5 +601,6 @@ fn main() {
     reply_scan(&mut c);
     route(&mut c);
     hop(&mut c);
+    metrics(&mut c);
     c.final_summary();
 }

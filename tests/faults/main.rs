@@ -113,7 +113,16 @@ fn summarize(name: &str, reports: &[LoadReport], recovered: Duration) {
         .map(|r| r.max_latency)
         .max()
         .unwrap_or_default();
-    eprintln!("[{name}] ops ok={ok} client-visible errors={errs} max op latency={max:?} recovered after {recovered:?}");
+    // slotmux runs inside this test process: its resident memory is (most of) ours.
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_default();
+    eprintln!("[{name}] ops ok={ok} client-visible errors={errs} max op latency={max:?} recovered after {recovered:?}; test process RSS {rss} kB");
     for r in reports {
         for e in r.errors.iter().take(3) {
             eprintln!("[{name}]   error: {e}");
