@@ -425,13 +425,25 @@ async fn pump(
                         let now = Instant::now();
                         local.requests += 1;
                         enqueue(&mut wbuf, q, req, now, mode);
-                        while wbuf.len() < WRITE_HIGH {
-                            match rx.try_recv() {
-                                Ok(req) => {
-                                    local.requests += 1;
-                                    enqueue(&mut wbuf, q, req, now, mode)
+                        let mut batch = 1;
+                        for round in 0..2 {
+                            while wbuf.len() < WRITE_HIGH {
+                                match rx.try_recv() {
+                                    Ok(req) => {
+                                        local.requests += 1;
+                                        batch += 1;
+                                        enqueue(&mut wbuf, q, req, now, mode)
+                                    }
+                                    Err(_) => break,
                                 }
-                                Err(_) => break,
+                            }
+                            // Woken by one session's send, tokio runs this task at once (LIFO
+                            // slot): let the other ready sessions queue their commands first, so
+                            // one write carries many.
+                            if round == 0 && batch == 1 && matches!(mode, Mode::Shared) {
+                                tokio::task::yield_now().await;
+                            } else {
+                                break;
                             }
                         }
                     }
