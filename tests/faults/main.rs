@@ -419,6 +419,29 @@ fn assert_acked_readable(p: &Proxy, reports: &[LoadReport]) {
     }
 }
 
+/// Stops a checked load and asserts what the no-error fault tests promise: no client-visible
+/// error, every pre-written key and every acknowledged write readable.
+fn finish_clean_load(
+    p: &Proxy,
+    stop: &AtomicBool,
+    load: Vec<std::thread::JoinHandle<LoadReport>>,
+    name: &str,
+    took: Duration,
+    keys: &[String],
+) {
+    stop.store(true, Ordering::Relaxed);
+    let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
+    summarize(name, &reports, took);
+    let errors: Vec<&String> = reports.iter().flat_map(|r| &r.errors).collect();
+    assert!(
+        errors.is_empty(),
+        "client-visible errors during {name}: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert_all_readable(p, keys);
+    assert_acked_readable(p, &reports);
+}
+
 #[test]
 fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
     let (_g, c) = cluster();
@@ -446,17 +469,14 @@ fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
     redis_cli(&["--cluster", "rebalance", &entry]);
     wait_consistent(&entry);
     let took = t0.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
-    summarize("reshard 1000 slots + rebalance", &reports, took);
-    let errors: Vec<&String> = reports.iter().flat_map(|r| &r.errors).collect();
-    assert!(
-        errors.is_empty(),
-        "client-visible errors during resharding: {:?}",
-        &errors[..errors.len().min(5)]
+    finish_clean_load(
+        &p,
+        &stop,
+        load,
+        "reshard 1000 slots + rebalance",
+        took,
+        &keys,
     );
-    assert_all_readable(&p, &keys);
-    assert_acked_readable(&p, &reports);
     eprintln!(
         "[reshard] MOVED followed: {}, ASK followed: {}",
         p.shared.stats.moved.load(Ordering::Relaxed),
@@ -546,17 +566,14 @@ fn scale_out_and_in_under_load_and_a_proxy_that_started_before_its_seed() {
     c.forget(new_port);
     let took = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
-    summarize("scale out to 4 masters and back", &reports, took);
-    let errors: Vec<&String> = reports.iter().flat_map(|r| &r.errors).collect();
-    assert!(
-        errors.is_empty(),
-        "client-visible errors while scaling: {:?}",
-        &errors[..errors.len().min(5)]
+    finish_clean_load(
+        &p,
+        &stop,
+        load,
+        "scale out to 4 masters and back",
+        took,
+        &keys,
     );
-    assert_all_readable(&p, &keys);
-    assert_acked_readable(&p, &reports);
     c.wait_healthy();
 }
 

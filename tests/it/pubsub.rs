@@ -1,16 +1,8 @@
 //! Pub/sub through slotmux: SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE, PUBLISH/SPUBLISH, RESP2's
 //! subscribed-state rules and RESP3 pushes beside normal commands.
 
-use std::io::Write;
-use std::net::TcpStream;
-
 use crate::cluster;
-use crate::support::{encode, read_reply_string, Proxy};
-
-fn ask(s: &mut TcpStream, args: &[&str]) -> String {
-    s.write_all(&encode(args)).unwrap();
-    read_reply_string(s)
-}
+use crate::support::{ask, read_reply_string, Proxy};
 
 #[test]
 fn subscribe_publish_and_subscribed_state_rules() {

@@ -1,17 +1,11 @@
 //! Transactions pinned to one master, and blocking commands on connections of their own.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::cluster;
-use crate::support::{encode, raw_cmd, read_reply_string, wait_until, Proxy};
-
-fn ask(s: &mut TcpStream, args: &[&str]) -> String {
-    s.write_all(&encode(args)).unwrap();
-    read_reply_string(s)
-}
+use crate::support::{ask, encode, raw_cmd, wait_until, Proxy};
 
 #[test]
 fn transaction_on_one_slot_commits() {

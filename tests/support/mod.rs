@@ -158,6 +158,12 @@ pub fn read_reply(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// Sends one command on `s` and reads its reply.
+pub fn ask(s: &mut TcpStream, args: &[&str]) -> String {
+    s.write_all(&encode(args)).unwrap();
+    read_reply_string(s)
+}
+
 pub fn read_reply_string(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&read_reply(s)).into_owned()
 }
