@@ -35,9 +35,57 @@ fn find(list: &'static [CommandSpec], name: &[u8], prefix: &str) -> Option<&'sta
     .map(|i| &list[i])
 }
 
+/// The generated table hashed by lower-case name (open addressing, linear probing): the hot
+/// path finds a command with one hash and one comparison instead of a case-folding binary
+/// search over 240 names.
+fn index() -> &'static [u16] {
+    static INDEX: std::sync::OnceLock<Box<[u16]>> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut slots = vec![u16::MAX; INDEX_SLOTS].into_boxed_slice();
+        for (i, c) in table::COMMANDS.iter().enumerate() {
+            let mut at = fnv1a(c.name.as_bytes()) & (INDEX_SLOTS - 1);
+            while slots[at] != u16::MAX {
+                at = (at + 1) & (INDEX_SLOTS - 1);
+            }
+            slots[at] = i as u16;
+        }
+        slots
+    })
+}
+
+/// A power of two, at least 4 times the table's size so probes stay short.
+const INDEX_SLOTS: usize = 1024;
+const _: () = assert!(table::COMMANDS.len() * 4 <= INDEX_SLOTS);
+
+fn fnv1a(lower: &[u8]) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in lower {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    h as usize
+}
+
+fn find_builtin(name: &[u8]) -> Option<&'static CommandSpec> {
+    let mut buf = [0u8; 32];
+    // No built-in command name is that long.
+    let lower = buf.get_mut(..name.len())?;
+    for (d, s) in lower.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    let slots = index();
+    let mut at = fnv1a(lower) & (INDEX_SLOTS - 1);
+    loop {
+        let c = table::COMMANDS.get(usize::from(*slots.get(at)?))?;
+        if c.name.as_bytes() == &*lower {
+            return Some(c);
+        }
+        at = (at + 1) & (INDEX_SLOTS - 1);
+    }
+}
+
 /// Looks up a top-level command by name, in any letter case, without allocating.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    find(table::COMMANDS, name, "").or_else(|| find(learn::learned(), name, ""))
+    find_builtin(name).or_else(|| find(learn::learned(), name, ""))
 }
 
 /// Looks up `sub` among `parent`'s subcommands (stored as "parent|sub").
@@ -156,8 +204,47 @@ const ADMIN: &str =
 const CONN_STATE: &str =
     "changes per-connection server state that slotmux's shared backend connections cannot carry";
 
-/// The policy for one (sub)command by its full name, and the default rules for the rest.
+/// How slotmux handles one (sub)command (see [`decide`] for the rules).
 pub fn policy(spec: &CommandSpec) -> Handling {
+    cached_policy(spec).unwrap_or_else(|| decide(spec))
+}
+
+/// The generated table's answers, computed once: the match in [`decide`] compares the name
+/// with a hundred strings, too slow for every request. `None` for learned commands (rare).
+fn cached_policy(spec: &CommandSpec) -> Option<Handling> {
+    const N: usize = 1024;
+    static CACHE: std::sync::OnceLock<Box<[(usize, Handling)]>> = std::sync::OnceLock::new();
+    fn home(addr: usize) -> usize {
+        ((addr as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize & (N - 1)
+    }
+    let cache = CACHE.get_or_init(|| {
+        let mut slots = vec![(0usize, Handling::Keyed); N].into_boxed_slice();
+        let all = table::COMMANDS
+            .iter()
+            .chain(table::COMMANDS.iter().flat_map(|c| c.subcommands.iter()));
+        for c in all {
+            let addr = c as *const CommandSpec as usize;
+            let mut at = home(addr);
+            while slots[at].0 != 0 {
+                at = (at + 1) & (N - 1);
+            }
+            slots[at] = (addr, decide(c));
+        }
+        slots
+    });
+    let addr = spec as *const CommandSpec as usize;
+    let mut at = home(addr);
+    loop {
+        match cache.get(at) {
+            Some(&(a, h)) if a == addr => return Some(h),
+            Some(&(a, _)) if a != 0 => at = (at + 1) & (N - 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The policy for one (sub)command by its full name, and the default rules for the rest.
+fn decide(spec: &CommandSpec) -> Handling {
     use Handling::*;
     match spec.name {
         "ping" => Local(self::Local::Ping),
@@ -412,6 +499,16 @@ mod tests {
         assert_eq!(lookup(b"gEt").unwrap().name, "get");
         assert!(lookup(b"getx").is_none());
         assert!(lookup(b"").is_none());
+        assert!(lookup(&[b'a'; 40]).is_none());
+        for c in table::COMMANDS {
+            let upper = c.name.to_ascii_uppercase();
+            assert_eq!(lookup(upper.as_bytes()).map(|f| f.name), Some(c.name));
+            for sub in c.subcommands {
+                let short = sub.name.split_once('|').map_or(sub.name, |(_, s)| s);
+                let found = lookup_sub(c, short.to_ascii_uppercase().as_bytes());
+                assert_eq!(found.map(|f| f.name), Some(sub.name));
+            }
+        }
         let cfg = lookup(b"config").unwrap();
         assert_eq!(lookup_sub(cfg, b"GET").unwrap().name, "config|get");
         assert!(lookup_sub(cfg, b"nope").is_none());
@@ -466,6 +563,16 @@ mod tests {
             have == want,
             "docs/COMMANDS.md is stale: run UPDATE_DOCS=1 cargo test --lib commands_doc"
         );
+    }
+
+    #[test]
+    fn policy_cache_covers_the_table() {
+        for c in table::COMMANDS {
+            assert_eq!(cached_policy(c), Some(decide(c)), "{}", c.name);
+            for sub in c.subcommands {
+                assert_eq!(cached_policy(sub), Some(decide(sub)), "{}", sub.name);
+            }
+        }
     }
 
     #[test]

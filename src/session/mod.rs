@@ -252,6 +252,7 @@ impl Session {
         let idle_sleep = tokio::time::sleep(if idle.is_zero() { never } else { idle });
         tokio::pin!(idle_sleep);
         let mut retry_armed = false;
+        let mut yielded = false;
         if *shutdown.borrow() {
             return;
         }
@@ -303,6 +304,14 @@ impl Session {
                     READ_CHUNK
                 });
             }
+            if !s.out.is_empty() && !s.pending.is_empty() && !yielded {
+                // More replies are on their way (a pipeline spread over several nodes): let
+                // the other backend connections deliver theirs first, so one write carries
+                // them all. At most once per write, so a slow node delays nothing.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
             tokio::select! {
                 biased;
                 Some(reply) = rx.recv() => {
@@ -314,6 +323,7 @@ impl Session {
                 r = wr.write_buf(&mut s.out), if !s.out.is_empty() => {
                     match r {
                         Ok(n) => {
+                            yielded = false;
                             s.stats.bytes_out += n as u64;
                             crate::upstream::conn::shrink(&mut s.out);
                             // Like Redis, a reply counts as interaction for the idle timeout.
@@ -799,7 +809,6 @@ impl Session {
         let Some(i) = (tag >> SUB_BITS).checked_sub(self.base).map(|i| i as usize) else {
             return;
         };
-        let topo = self.topo.load().clone();
         let Some(entry) = self.pending.get_mut(i) else {
             return;
         };
@@ -809,7 +818,7 @@ impl Session {
                 let frame = match f.post {
                     Post::None | Post::Unpin => frame,
                     Post::Scan { slot } if frame.first() == Some(&b'*') => {
-                        router::scan_reply(&frame, slot, &topo)
+                        router::scan_reply(&frame, slot, self.topo.load())
                     }
                     Post::Scan { .. } => frame,
                 };
@@ -939,7 +948,6 @@ impl Session {
             reply_to,
         };
         f.state = FlightState::InFlight;
-        f.node = Some(node.clone());
         let readonly = f.readonly;
         let result = if f.via == Via::Dedicated {
             // A fresh connection per (re)send; the old one, if any, closes here.
@@ -955,17 +963,26 @@ impl Session {
         } else {
             node.send(proto, lane, req).map_err(|_| ())
         };
-        match result {
+        let unreachable = match result {
             Ok(()) => {
                 if !readonly && !matches!(&self.last_write, Some(n) if Arc::ptr_eq(n, &node)) {
-                    self.last_write = Some(node);
+                    self.last_write = Some(node.clone());
                 }
+                None
             }
-            Err(_) => {
-                self.shared.cluster.request_refresh(Reason::NodeFailure);
-                let msg = format!("CLUSTERDOWN slotmux cannot reach node {}", node.addr);
-                self.retry_later(tag, error_frame(&msg), RETRY_UNREACHABLE);
-            }
+            Err(_) => Some(format!(
+                "CLUSTERDOWN slotmux cannot reach node {}",
+                node.addr
+            )),
+        };
+        // Moved, not cloned: every session shares the node's reference count, so each extra
+        // clone is a cache line bouncing between cores on every request.
+        if let Some(f) = self.flight(tag) {
+            f.node = Some(node);
+        }
+        if let Some(msg) = unreachable {
+            self.shared.cluster.request_refresh(Reason::NodeFailure);
+            self.retry_later(tag, error_frame(&msg), RETRY_UNREACHABLE);
         }
     }
 

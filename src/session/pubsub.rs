@@ -77,7 +77,8 @@ impl Session {
     fn deliver(&mut self, frame: Bytes) {
         let limit = self.shared.config.pubsub_output_limit;
         if (self.out.len() + frame.len()) as u64 > limit {
-            if !self.closing {
+            // Counted once: more frames of the same batch arrive after `kill` is set.
+            if !self.closing && !self.kill {
                 tracing::info!(client = %self.peer, limit, "closing subscriber that does not read (pub/sub output limit)");
                 self.shared
                     .stats
