@@ -15,7 +15,8 @@
 #          QUICK=1 scripts/bench-e2e.sh      (smoke run: 1 repetition, ~1.5 s runs, 2,000 idle
 #                                             clients, about 1.5 minutes)
 # Knobs:   REPS=3 DUR=5 (target seconds per run) IDLE_CLIENTS=10000 SKIP_BUILD=1
-#          BASE_PORT=7300 OUT=target/bench-e2e WRITE_DOCS=1 (rewrite the generated section of
+#          SYSCALLS=0 (skip counting system calls with perf) BASE_PORT=7300 OUT=target/bench-e2e
+#          WRITE_DOCS=1 (rewrite the generated section of
 #          docs/BENCHMARKS.md between its e2e markers) KEEP=1 (keep the temp dir with logs)
 # Needs: redis-server/redis-benchmark 7 (installed with apt-get when root), nutcracker
 #        (apt-get install -y nutcracker when root), python3, cargo.
@@ -387,6 +388,47 @@ SLOTMUX_HWM_LOAD=$(hwm_kib "$SLOTMUX_PID")
 SLOTMUX_RSS_AFTER_LOAD=$(rss_kib "$SLOTMUX_PID")
 
 # ---------------------------------------------------------------------------------------------
+# System calls per request (needs `perf` with access to the syscall tracepoints, e.g. as root):
+# one more GET run per proxy and pipeline depth, counted with `perf stat -p`. Most of a proxy's
+# CPU at P1 is in the kernel; these counts say how much of that is inherent (one read and one
+# write per client request) and how much is the proxy's own choice (backend batching, wake-ups).
+
+SYSC="$TMP/syscalls.tsv"
+printf 'test\ttarget\tn\tevent\tcount\n' >"$SYSC"
+SC_EVENTS=""
+for e in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait futex; do
+  SC_EVENTS="$SC_EVENTS${SC_EVENTS:+,}syscalls:sys_enter_$e"
+done
+SC_EVENTS="$SC_EVENTS,context-switches"
+syscall_run() { # syscall_run TEST TARGET
+  local test=$1 target=$2 pipe=1 est n pid perf_pid conn
+  case $test in *_p16) pipe=16 ;; esac
+  est=${EST[$test,$target]:-$(guess "$test")}
+  n=$(python3 -c "print(max(20000, int($est * $DUR) // 1000 * 1000))")
+  pid=$(target_pid "$target")
+  read -ra conn <<<"$(target_args "$target")"
+  perf stat -x, -e "$SC_EVENTS" -p "$pid" -o "$TMP/perf.txt" &
+  perf_pid=$!
+  sleep 0.5
+  redis-benchmark "${conn[@]}" -c "$CLIENTS" --threads "$THREADS" -P "$pipe" -r "$KEYSPACE" \
+    -n "$n" -t get --csv >/dev/null 2>&1
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  awk -F, -v t="$test" -v tg="$target" -v n="$n" \
+    '/^[0-9]/ {ev=$3; sub(/^syscalls:sys_enter_/, "", ev); printf "%s\t%s\t%s\t%s\t%s\n", t, tg, n, ev, $1}' \
+    "$TMP/perf.txt" >>"$SYSC"
+  log "syscalls counted: $test $target ($n requests)"
+}
+if [ "${SYSCALLS:-1}" = 1 ] && command -v perf >/dev/null 2>&1 &&
+  perf stat -e syscalls:sys_enter_writev true >/dev/null 2>&1; then
+  for test in get_p1 get_p16; do
+    for target in slotmux twemproxy; do syscall_run "$test" "$target"; done
+  done
+else
+  log "perf with syscall tracepoints is not available: system calls are not counted"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 mkdir -p "$OUT"
@@ -409,10 +451,12 @@ V_NUTCRACKER=$(nutcracker --version 2>&1 | awk '/nutcracker-/{sub(/.*nutcracker-
 V_RUSTC=$(rustc --version)
 V_BENCH=$(redis-benchmark --version | awk '{print $2}')
 
-python3 - "$RAW" "$TMP/commands.txt" >"$OUT/results.md" <<'EOF'
+cp "$SYSC" "$OUT/syscalls.tsv"
+python3 - "$RAW" "$TMP/commands.txt" "$SYSC" >"$OUT/results.md" <<'EOF'
 import csv, os, statistics, sys
-raw, cmds = sys.argv[1], sys.argv[2]
+raw, cmds, sysc = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = list(csv.DictReader(open(raw), delimiter="\t"))
+sc_rows = list(csv.DictReader(open(sysc), delimiter="\t"))
 E = os.environ
 targets = ["slotmux", "cluster", "standalone", "twemproxy"]
 tests = ["set_p1", "get_p1", "mget_p1", "set_p16", "get_p16", "mget_p16"]
@@ -491,6 +535,31 @@ p("")
 p("For MGET one request is one MGET of 10 keys. CPU comes from /proc/PID/stat (10 ms ticks) "
   "around each run, so it includes the proxy's work for redis-benchmark's start-up CONFIG GET.")
 p("")
+if sc_rows:
+    p("### System calls per request (GET, one extra run per cell, counted with `perf stat`)")
+    p("")
+    groups = {"reads": ("read", "readv", "recvfrom", "recvmsg"),
+              "writes": ("write", "writev", "sendto", "sendmsg"),
+              "epoll waits": ("epoll_wait", "epoll_pwait"), "futex": ("futex",),
+              "context switches": ("context-switches",)}
+    p("| test | proxy | " + " | ".join(groups) + " | all system calls |")
+    p("|---|---|" + "---:|" * (len(groups) + 1))
+    for t in ("get_p1", "get_p16"):
+        for tg in ("slotmux", "twemproxy"):
+            sel = [r for r in sc_rows if r["test"] == t and r["target"] == tg]
+            if not sel:
+                continue
+            n = float(sel[0]["n"])
+            def count(names):
+                return sum(float(r["count"]) for r in sel if r["event"] in names)
+            cells = [f"{count(names) / n:.3f}" for names in groups.values()]
+            total = sum(count(names) for g, names in groups.items() if g != "context switches")
+            p(f"| {label[t]} | {tg} | " + " | ".join(cells) + f" | {total / n:.2f} |")
+    p("")
+    p("A proxy needs at least one read and one write per client request at P1 (the client "
+      "waits for each reply); what it adds beyond that is its backend traffic (shared by many "
+      "requests when batched) and its waits.")
+    p("")
 p("### Resident memory")
 p("")
 rss_load = [float(r["rss_kib"]) for r in rows if r["target"] == "slotmux" and r["rss_kib"] != ""]
