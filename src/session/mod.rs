@@ -315,13 +315,9 @@ impl Session {
             tokio::select! {
                 biased;
                 Some(reply) = rx.recv() => {
-                    for (tag, result) in reply.split() {
-                        s.on_reply(tag, result);
-                    }
+                    s.on_reply(reply);
                     while let Ok(reply) = rx.try_recv() {
-                        for (tag, result) in reply.split() {
-                            s.on_reply(tag, result);
-                        }
+                        s.on_reply(reply);
                     }
                 }
                 r = wr.write_buf(&mut s.out), if !s.out.is_empty() => {
@@ -1080,16 +1076,17 @@ impl Session {
         }
     }
 
-    fn on_reply(&mut self, tag: u64, result: Result<Bytes, UpstreamError>) {
-        if pubsub::is_stream_tag(tag) {
-            return self.on_stream(tag, result);
+    fn on_reply(&mut self, reply: Reply) {
+        if pubsub::is_stream_tag(reply.tag) {
+            return self.on_stream(reply);
         }
+        let tag = reply.tag;
         let max_redirects = self.shared.config.max_redirects;
         let Some(f) = self.flight(tag) else { return };
         if !matches!(f.state, FlightState::InFlight) {
             return;
         }
-        let frame = match result {
+        let frame = match reply.result {
             Ok(frame) => frame,
             Err(e) => return self.on_upstream_error(tag, e),
         };

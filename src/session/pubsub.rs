@@ -20,7 +20,7 @@ use crate::merge::elements;
 use crate::resp::write::{self, Proto};
 use crate::router::encode;
 use crate::upstream::conn::{ConnHandle, Mode};
-use crate::upstream::{Node, UpstreamError};
+use crate::upstream::{Node, Reply};
 
 /// Tags of stream frames: `STREAM_BASE - i` for stream `i` (0 = SUBSCRIBE/PSUBSCRIBE).
 pub(super) const STREAM_BASE: u64 = u64::MAX - 1;
@@ -257,9 +257,9 @@ impl Session {
     }
 
     /// A frame (or the end) of stream `idx`.
-    pub(super) fn on_stream(&mut self, tag: u64, result: Result<Bytes, UpstreamError>) {
-        let idx = (STREAM_BASE - tag) as usize;
-        let frame = match result {
+    pub(super) fn on_stream(&mut self, reply: Reply) {
+        let idx = (STREAM_BASE - reply.tag) as usize;
+        let frame = match reply.result {
             Ok(f) => f,
             Err(_) => return self.stream_lost(idx),
         };

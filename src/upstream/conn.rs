@@ -7,7 +7,7 @@
 //! Must not: retry or reconnect by itself (the pool makes a new connection on next use), or
 //! parse replies beyond their boundaries.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
-use super::{Batcher, Reply, Request, UpstreamError};
+use super::{Reply, Request, UpstreamError};
 use crate::metrics::NodeMetrics;
 use crate::resp::reply::ReplyScanner;
 use crate::resp::write::Proto;
@@ -113,7 +113,10 @@ pub fn spawn(
         )
         .await;
         if let Mode::Stream { tag, to } = &mode {
-            let _ = to.send(Reply::one(*tag, Err(UpstreamError::Lost)));
+            let _ = to.send(Reply {
+                tag: *tag,
+                result: Err(UpstreamError::Lost),
+            });
         }
         on_end(&end);
     });
@@ -165,13 +168,17 @@ async fn run(
     };
     for f in q.drain(..) {
         if let Some(tx) = f.reply_to {
-            let _ = tx.send(Reply::one(f.tag, Err(written_err)));
+            let _ = tx.send(Reply {
+                tag: f.tag,
+                result: Err(written_err),
+            });
         }
     }
     while let Ok(req) = rx.try_recv() {
-        let _ = req
-            .reply_to
-            .send(Reply::one(req.tag, Err(UpstreamError::NotSent)));
+        let _ = req.reply_to.send(Reply {
+            tag: req.tag,
+            result: Err(UpstreamError::NotSent),
+        });
     }
     end
 }
@@ -287,8 +294,8 @@ impl Local {
     }
 
     #[inline]
-    fn reply(&mut self, first: u8, took: Duration) {
-        if first == b'-' {
+    fn reply(&mut self, frame: &[u8], took: Duration) {
+        if frame.first() == Some(&b'-') {
             self.errors += 1;
         }
         self.hist.observe(took.as_secs_f64());
@@ -305,15 +312,6 @@ impl Local {
         self.m.requests.inc_by(std::mem::take(&mut self.requests));
         self.m.errors.inc_by(std::mem::take(&mut self.errors));
         self.hist.flush();
-    }
-}
-
-/// Sends a batch of replies, cutting their bytes off the front of `rbuf`.
-fn send_batch(rbuf: &mut BytesMut, batch: Option<(UnboundedSender<Reply>, Batcher)>) {
-    if let Some((to, b)) = batch {
-        let bytes = rbuf.split_to(b.len()).freeze();
-        // A session that is gone no longer needs its replies.
-        let _ = to.send(b.finish(bytes));
     }
 }
 
@@ -384,51 +382,32 @@ async fn pump(
                 }
                 let now = Instant::now();
                 local.maybe_flush(now);
-                // Consecutive replies for the same session go out as one message. They stay
-                // in `rbuf` (from its start to `batch.len()`) until the batch is sent.
-                let mut batch: Option<(UnboundedSender<Reply>, Batcher)> = None;
                 loop {
-                    let held = batch.as_ref().map_or(0, |(_, b)| b.len());
-                    match scanner.scan(&rbuf[held..]) {
+                    match scanner.scan(&rbuf) {
                         Ok(Some(len)) => {
+                            let frame = rbuf.split_to(len).freeze();
                             if let Mode::Stream { tag, to } = mode {
-                                let frame = rbuf.split_to(len).freeze();
-                                if to.send(Reply::one(*tag, Ok(frame))).is_err() {
+                                if to.send(Reply { tag: *tag, result: Ok(frame) }).is_err() {
                                     return ConnEnd::Idle;
                                 }
                                 continue;
                             }
-                            let first = rbuf[held];
-                            if first == b'>' {
+                            if frame[0] == b'>' {
                                 // Out-of-band push (no subscriptions live on shared connections).
-                                send_batch(&mut rbuf, batch.take());
-                                rbuf.advance(len);
                                 continue;
                             }
                             let Some(f) = q.pop_front() else {
                                 return ConnEnd::Broken("reply without a request".into());
                             };
-                            local.reply(first, now.saturating_duration_since(f.sent));
-                            let Some(tx) = f.reply_to else {
-                                // The reply to our own ASKING.
-                                send_batch(&mut rbuf, batch.take());
-                                rbuf.advance(len);
-                                continue;
-                            };
-                            let added = match &mut batch {
-                                Some((to, b)) => to.same_channel(&tx) && b.push(f.tag, len),
-                                None => false,
-                            };
-                            if !added {
-                                send_batch(&mut rbuf, batch.take());
-                                batch = Some((tx, Batcher::new(f.tag, len)));
+                            local.reply(&frame, now.saturating_duration_since(f.sent));
+                            if let Some(tx) = f.reply_to {
+                                let _ = tx.send(Reply { tag: f.tag, result: Ok(frame) });
                             }
                         }
                         Ok(None) => break,
                         Err(e) => return ConnEnd::Broken(format!("bad reply: {e}")),
                     }
                 }
-                send_batch(&mut rbuf, batch.take());
                 shrink(&mut rbuf);
             }
             r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
