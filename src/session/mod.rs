@@ -264,9 +264,12 @@ impl Session {
         loop {
             // Parse whatever is buffered while there is room in the pipeline.
             if !s.closing && !inbuf.is_empty() {
+                // One clock read for all the commands of this read (16 at pipeline 16): their
+                // latency counts from when slotmux took them up, nanoseconds apart.
+                let now = Instant::now();
                 while s.pending.len() < max_pipeline && !s.closing {
                     match scanner.next(&mut inbuf) {
-                        Ok(Some(frame)) => s.handle(frame, scanner.args()),
+                        Ok(Some(frame)) => s.handle(frame, scanner.args(), now),
                         Ok(None) => break,
                         Err(e) => {
                             s.reply_local(|o, _| write::error(o, &format!("ERR {e}")));
@@ -418,11 +421,11 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, frame: Bytes, ranges: &[(usize, usize)]) {
+    fn handle(&mut self, frame: Bytes, ranges: &[(usize, usize)], started: Instant) {
         let out_before = self.out.len();
         self.cur = Some(Meta {
             name: "unknown",
-            started: Instant::now(),
+            started,
             frame: frame.clone(),
         });
         self.handle_inner(frame, ranges);
