@@ -83,22 +83,68 @@ fn key_on(c: &RedisCluster, keys: &[String], port: u16) -> String {
         .clone()
 }
 
-/// Waits until `key` reads back as itself through slotmux, reconnecting after errors.
-fn wait_served(p: &Proxy, key: &str, limit: Duration) {
+/// Waits until `key` reads back as itself through slotmux, reconnecting after errors. On a
+/// timeout it says what the client last saw and what every answering node thinks of the
+/// cluster, to tell a failover Redis did not make from one slotmux did not follow.
+fn wait_served(p: &Proxy, c: &RedisCluster, key: &str, limit: Duration) {
     let mut con = p.conn();
-    wait_until(
-        "the failed master's slots to be served again",
-        limit,
-        || match redis::cmd("GET").arg(key).query::<Option<String>>(&mut con) {
-            Ok(v) => v.as_deref() == Some(key),
+    let mut last = String::new();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match redis::cmd("GET").arg(key).query::<Option<String>>(&mut con) {
+            Ok(v) if v.as_deref() == Some(key) => return,
+            Ok(v) => last = format!("{v:?}"),
             Err(e) => {
+                last = e.to_string();
                 if e.is_io_error() || e.is_connection_dropped() {
                     con = p.conn();
                 }
-                false
             }
-        },
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut views = String::new();
+    for &port in &c.ports {
+        if let Some(n) = support::try_cmd(port, &["CLUSTER", "NODES"]) {
+            views.push_str(&format!("--- node {port}:\n{n}\n"));
+        }
+    }
+    panic!(
+        "the failed master's slots were not served again within {limit:?}; \
+         the client last saw: {last}\n{views}"
     );
+}
+
+/// Waits until every master's replica has acknowledged all its writes. Replication is
+/// asynchronous: a key the replica has not received is lost in a failover by Redis itself,
+/// and a test that then reads it would blame slotmux. (`WAIT` on a fresh connection cannot
+/// tell: it waits for that connection's own last write, and it has none.) So: take the
+/// master's replication offset, then wait until the master reports its replica's
+/// acknowledged offset at or past it.
+fn replicas_caught_up(c: &RedisCluster) {
+    fn field(info: &str, name: &str) -> Option<i64> {
+        info.split(['\n', ',']).find_map(|f| {
+            f.trim()
+                .strip_prefix(name)?
+                .strip_prefix(|ch| ch == ':' || ch == '=')?
+                .parse()
+                .ok()
+        })
+    }
+    for (port, _, _) in c.masters() {
+        let info = support::raw_cmd(port, &["INFO", "replication"]);
+        let target = field(&info, "master_repl_offset").expect("master_repl_offset");
+        wait_until(
+            "the replica to acknowledge its master's writes",
+            Duration::from_secs(60),
+            || {
+                let info = support::raw_cmd(port, &["INFO", "replication"]);
+                info.lines()
+                    .filter(|l| l.starts_with("slave"))
+                    .any(|l| field(l, "offset").is_some_and(|o| o >= target))
+            },
+        );
+    }
 }
 
 fn victim(c: &RedisCluster) -> u16 {
@@ -136,10 +182,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     let p = Proxy::for_cluster(c);
     let keys = write_keys(&p, "kill", 2000);
     let v = victim(c);
-    // Make sure replicas have every key before the kill (replication is asynchronous).
-    for (port, _, _) in c.masters() {
-        support::raw_cmd(port, &["WAIT", "1", "2000"]);
-    }
+    replicas_caught_up(c);
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&p, 4, "killload", stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
@@ -156,7 +199,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
         },
     );
     // A client keeps trying a key on the victim's slots until it works again.
-    wait_served(&p, &victim_key, Duration::from_secs(30));
+    wait_served(&p, c, &victim_key, Duration::from_secs(30));
     let recovered = t0.elapsed();
     // ...and comes back once the replica has taken over.
     wait_until(
@@ -196,9 +239,7 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
     let (_g, c) = cluster();
     let p = Proxy::with_config(c, |cfg| cfg.backend_timeout = Duration::from_secs(2));
     let keys = write_keys(&p, "stop", 1000);
-    for (port, _, _) in c.masters() {
-        support::raw_cmd(port, &["WAIT", "1", "2000"]);
-    }
+    replicas_caught_up(c);
     let v = victim(c);
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&p, 4, "stopload", stop.clone(), false);
@@ -214,7 +255,7 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
         }
     }
     let resume = Resume(c, v);
-    wait_served(&p, &victim_key, Duration::from_secs(40));
+    wait_served(&p, c, &victim_key, Duration::from_secs(40));
     let recovered = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
