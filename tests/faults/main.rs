@@ -5,23 +5,41 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use support::{wait_until, Proxy, RedisCluster};
 
 fn cluster() -> (MutexGuard<'static, ()>, &'static RedisCluster) {
     static SERIAL: Mutex<()> = Mutex::new(());
-    static C: OnceLock<RedisCluster> = OnceLock::new();
+    static C: Mutex<Option<&'static RedisCluster>> = Mutex::new(None);
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = C.get_or_init(|| {
-        RedisCluster::start_with(
-            "faults",
-            &["--appendonly", "yes", "--appendfsync", "always"],
-        )
-    });
-    c.wait_healthy();
+    let mut current = C.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = *current {
+        // Every test ends by asserting that it left the cluster healthy, so a broken cluster
+        // here has already failed the test that broke it. Replace it, so that one failure
+        // does not fail every test after it.
+        for port in c.restart_exited() {
+            eprintln!("node {port} had exited; restarted it");
+        }
+        match c.try_wait_healthy(Duration::from_secs(30)) {
+            Ok(()) => return (guard, c),
+            Err(diagnosis) => {
+                eprintln!(
+                    "an earlier test left the cluster broken; starting a new one. It was:\n{diagnosis}"
+                );
+                c.shutdown();
+            }
+        }
+    }
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
+    let c: &'static RedisCluster = Box::leak(Box::new(RedisCluster::start_with(
+        &format!("faults{n}"),
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    )));
+    *current = Some(c);
     (guard, c)
 }
 
@@ -47,13 +65,16 @@ fn write_keys(p: &Proxy, prefix: &str, n: usize) -> Vec<String> {
     keys
 }
 
-fn assert_all_readable(p: &Proxy, keys: &[String]) {
+fn assert_all_readable(p: &Proxy, c: &RedisCluster, keys: &[String]) {
     let mut con = p.conn();
     let mut pipe = redis::pipe();
     for k in keys {
         pipe.cmd("GET").arg(k);
     }
-    let vals: Vec<Option<String>> = pipe.query(&mut con).unwrap();
+    let vals: Vec<Option<String>> = match pipe.query(&mut con) {
+        Ok(v) => v,
+        Err(e) => panic!("reading the keys back failed: {e}\n{}", c.diagnose()),
+    };
     let lost: Vec<&String> = keys
         .iter()
         .zip(&vals)
@@ -74,9 +95,7 @@ fn is_documented_failover_error(e: &str) -> bool {
 }
 
 /// A key of `keys` that lives on master `port` (asked before any fault is injected).
-fn key_on(c: &RedisCluster, keys: &[String], port: u16) -> String {
-    let masters = c.masters();
-    let _ = masters;
+fn key_on(keys: &[String], port: u16) -> String {
     keys.iter()
         .find(|k| support::raw_cmd(port, &["EXISTS", k]) == ":1\r\n")
         .expect("some key on the victim")
@@ -103,15 +122,10 @@ fn wait_served(p: &Proxy, c: &RedisCluster, key: &str, limit: Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut views = String::new();
-    for &port in &c.ports {
-        if let Some(n) = support::try_cmd(port, &["CLUSTER", "NODES"]) {
-            views.push_str(&format!("--- node {port}:\n{n}\n"));
-        }
-    }
     panic!(
         "the failed master's slots were not served again within {limit:?}; \
-         the client last saw: {last}\n{views}"
+         the client last saw: {last}\n{}",
+        c.diagnose()
     );
 }
 
@@ -186,7 +200,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&p, 4, "killload", stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
-    let victim_key = key_on(c, &keys, v);
+    let victim_key = key_on(&keys, v);
     let t0 = Instant::now();
     c.kill(v);
     // Readiness drops while a master is unreachable...
@@ -219,7 +233,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
             );
         }
     }
-    assert_all_readable(&p, &keys);
+    assert_all_readable(&p, c, &keys);
     // Keys the load acknowledged are still there. (Their value may be a later write whose
     // outcome was reported unknown; and an acknowledged write that had not reached the replica
     // when its master died is lost by Redis itself: replication is asynchronous.)
@@ -244,7 +258,7 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&p, 4, "stopload", stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
-    let victim_key = key_on(c, &keys, v);
+    let victim_key = key_on(&keys, v);
     let t0 = Instant::now();
     c.signal(v, libc::SIGSTOP);
     // Whatever happens below, the node is resumed.
@@ -275,7 +289,7 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
             r.max_latency
         );
     }
-    assert_all_readable(&p, &keys);
+    assert_all_readable(&p, c, &keys);
     c.wait_healthy();
 }
 
@@ -312,7 +326,7 @@ fn node_restart_is_followed() {
         .query(&mut con)
         .unwrap();
     c.wait_healthy();
-    assert_all_readable(&p, &keys);
+    assert_all_readable(&p, c, &keys);
 }
 
 #[test]
@@ -464,6 +478,7 @@ fn assert_acked_readable(p: &Proxy, reports: &[LoadReport]) {
 /// error, every pre-written key and every acknowledged write readable.
 fn finish_clean_load(
     p: &Proxy,
+    c: &RedisCluster,
     stop: &AtomicBool,
     load: Vec<std::thread::JoinHandle<LoadReport>>,
     name: &str,
@@ -479,7 +494,7 @@ fn finish_clean_load(
         "client-visible errors during {name}: {:?}",
         &errors[..errors.len().min(5)]
     );
-    assert_all_readable(p, keys);
+    assert_all_readable(p, c, keys);
     assert_acked_readable(p, &reports);
 }
 
@@ -512,6 +527,7 @@ fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
     let took = t0.elapsed();
     finish_clean_load(
         &p,
+        c,
         &stop,
         load,
         "reshard 1000 slots + rebalance",
@@ -523,6 +539,7 @@ fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
         p.shared.stats.moved.load(Ordering::Relaxed),
         p.shared.stats.ask.load(Ordering::Relaxed)
     );
+    c.wait_healthy();
 }
 
 #[test]
@@ -561,7 +578,7 @@ fn scale_out_and_in_under_load_and_a_proxy_that_started_before_its_seed() {
             .is_some_and(|i| i.contains("cluster_known_nodes:7") && i.contains("cluster_state:ok"))
     });
     late.wait_ready();
-    assert_all_readable(&late, &keys);
+    assert_all_readable(&late, c, &keys);
     // Move a share of the slots onto the new master (a full rebalance moves ~4,000 slots
     // each way and takes minutes on this machine; 300 slots with their keys exercise the
     // same MOVED/ASK paths), then drain it and remove it.
@@ -609,6 +626,7 @@ fn scale_out_and_in_under_load_and_a_proxy_that_started_before_its_seed() {
     std::thread::sleep(Duration::from_millis(500));
     finish_clean_load(
         &p,
+        c,
         &stop,
         load,
         "scale out to 4 masters and back",

@@ -267,30 +267,128 @@ impl RedisCluster {
 
     /// Waits until every live node says cluster_state:ok and sees 3 masters with a replica each.
     pub fn wait_healthy(&self) {
+        if let Err(diagnosis) = self.try_wait_healthy(Duration::from_secs(30)) {
+            panic!("timed out waiting for a healthy cluster\n{diagnosis}");
+        }
+    }
+
+    /// Waits up to `limit` for every live node to say cluster_state:ok and see 3 masters with
+    /// a replica each, replicas in sync; on a timeout returns [`Self::diagnose`].
+    pub fn try_wait_healthy(&self, limit: Duration) -> Result<(), String> {
         let ports = self.live_ports();
-        wait_until("a healthy cluster", Duration::from_secs(30), || {
-            ports.iter().all(|&p| {
-                try_cmd(p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
-                    && try_cmd(p, &["CLUSTER", "NODES"]).is_some_and(|n| {
-                        let masters = n
-                            .lines()
-                            .filter(|l| l.contains("master") && !l.contains("fail"))
-                            .filter(|l| l.split(' ').count() > 8)
-                            .count();
-                        let replicas = n
-                            .lines()
-                            .filter(|l| l.contains("slave") && !l.contains("fail"))
-                            .count();
-                        masters == 3 && replicas == 3
+        let start = Instant::now();
+        while !ports.iter().all(|&p| {
+            try_cmd(p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                && try_cmd(p, &["CLUSTER", "NODES"]).is_some_and(|n| {
+                    let masters = n
+                        .lines()
+                        .filter(|l| l.contains("master") && !l.contains("fail"))
+                        .filter(|l| l.split(' ').count() > 8)
+                        .count();
+                    let replicas = n
+                        .lines()
+                        .filter(|l| l.contains("slave") && !l.contains("fail"))
+                        .count();
+                    masters == 3 && replicas == 3
+                })
+                && try_cmd(p, &["INFO", "replication"]).is_some_and(|i| {
+                    // A replica that is still syncing cannot take over yet.
+                    !i.contains("role:slave")
+                        || (i.contains("master_link_status:up")
+                            && i.contains("master_sync_in_progress:0"))
+                })
+        }) {
+            if start.elapsed() > limit {
+                return Err(self.diagnose());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Kills every node (a cluster a test left broken is replaced, not reused).
+    pub fn shutdown(&self) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for n in nodes.iter_mut() {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// What each node is doing, for a failure message: whether its process is alive, its
+    /// role and replication link, its view of the cluster, and the end of its log (where
+    /// Redis writes failovers, sync trouble and crash reports).
+    pub fn diagnose(&self) -> String {
+        let mut out = String::new();
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for n in nodes.iter_mut() {
+            let process = match n.child.as_mut().map(|c| c.try_wait()) {
+                None => "not running (stopped by the test)".to_string(),
+                Some(Ok(Some(status))) => format!("EXITED ({status})"),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Err(e)) => format!("unknown ({e})"),
+            };
+            out.push_str(&format!("node {}: {process}", n.port));
+            if let Some(info) = try_cmd(n.port, &["CLUSTER", "INFO"]) {
+                let state = info.lines().find(|l| l.starts_with("cluster_state"));
+                out.push_str(&format!("; {}", state.unwrap_or("?").trim()));
+            }
+            if let Some(info) = try_cmd(n.port, &["INFO", "replication"]) {
+                for l in info.lines().filter(|l| {
+                    l.starts_with("role:")
+                        || l.starts_with("master_link_status:")
+                        || l.starts_with("master_sync_in_progress:")
+                        || l.starts_with("connected_slaves:")
+                }) {
+                    out.push_str(&format!("; {}", l.trim()));
+                }
+            }
+            out.push('\n');
+            if let Some(view) = try_cmd(n.port, &["CLUSTER", "NODES"]) {
+                let ids: Vec<(String, String)> = view
+                    .lines()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split(' ').collect();
+                        let port = f.get(1)?.split(['@', ':']).nth(1)?;
+                        Some((f[0].to_string(), port.to_string()))
                     })
-                    && try_cmd(p, &["INFO", "replication"]).is_some_and(|i| {
-                        // A replica that is still syncing cannot take over yet.
-                        !i.contains("role:slave")
-                            || (i.contains("master_link_status:up")
-                                && i.contains("master_sync_in_progress:0"))
+                    .collect();
+                let port_of = |id: &str| {
+                    ids.iter()
+                        .find(|(i, _)| i == id)
+                        .map_or("-".to_string(), |(_, p)| p.clone())
+                };
+                let summary: Vec<String> = view
+                    .lines()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split(' ').collect();
+                        let port = f.get(1)?.split(['@', ':']).nth(1)?;
+                        let flags = f.get(2)?;
+                        let of = port_of(f.get(3)?);
+                        let slots = f.len().saturating_sub(8);
+                        Some(format!("{port} {flags} of:{of} ranges:{slots}"))
                     })
-            })
-        });
+                    .collect();
+                out.push_str(&format!("  view: {}\n", summary.join(" | ")));
+            }
+            let log = std::fs::read_to_string(self.dir.join(format!("redis-{}.log", n.port)));
+            let log = log.unwrap_or_default();
+            // Warnings (" # ") carry failovers, state changes and crash reports; the last
+            // line says what the node was doing when asked.
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" # ") && !l.contains("overcommit"))
+                .collect();
+            for l in &warnings[warnings.len().saturating_sub(6)..] {
+                out.push_str(&format!("  log: {l}\n"));
+            }
+            if let Some(last) = log.lines().last().filter(|l| !l.contains(" # ")) {
+                out.push_str(&format!("  log: {last}\n"));
+            }
+        }
+        out
     }
 
     pub fn live_ports(&self) -> Vec<u16> {
@@ -407,6 +505,35 @@ impl RedisCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts again every node whose process exited without the test stopping it, printing
+    /// the end of its log; returns their ports.
+    pub fn restart_exited(&self) -> Vec<u16> {
+        let exited: Vec<u16> = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes
+                .iter_mut()
+                .filter_map(|n| match n.child.as_mut()?.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!("node {} exited unexpectedly ({status})", n.port);
+                        n.child = None;
+                        Some(n.port)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for &port in &exited {
+            let log = std::fs::read_to_string(self.dir.join(format!("redis-{port}.log")));
+            let log = log.unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("  redis-{port}.log: {l}");
+            }
+            self.restart(port);
+        }
+        exited
     }
 
     /// Starts a killed node again from its nodes.conf.
