@@ -134,8 +134,10 @@ fn wait_served(p: &Proxy, c: &RedisCluster, key: &str, limit: Duration) {
 /// and a test that then reads it would blame slotmux. (`WAIT` on a fresh connection cannot
 /// tell: it waits for that connection's own last write, and it has none.) So: take the
 /// master's replication offset, then wait until the master reports its replica's
-/// acknowledged offset at or past it.
+/// acknowledged offset at or past it. First the nodes must agree about the configuration
+/// (`wait_settled`), so no failover starts from a half-spread resharding.
 fn replicas_caught_up(c: &RedisCluster) {
+    c.wait_settled();
     fn field(info: &str, name: &str) -> Option<i64> {
         info.split(['\n', ',']).find_map(|f| {
             f.trim()
@@ -342,6 +344,7 @@ fn subscriber_is_resubscribed_after_its_node_dies() {
         "*3\r\n$9\r\nsubscribe\r\n$13\r\nfailover-news\r\n:1\r\n"
     );
     // Subscriptions live on slot 0's master: kill it.
+    c.wait_settled();
     let v = c.owner_of(0);
     c.kill(v);
     let stop = Arc::new(AtomicBool::new(false));
