@@ -129,6 +129,16 @@ pub fn redis_server_cmd(dir: &Path, port: u16, extra: &[&str]) -> Command {
     cmd
 }
 
+/// "; line" for each line of the node's reply to `cmd` that starts with one of `prefixes`.
+fn picked_lines(port: u16, cmd: &[&str], prefixes: &[&str]) -> String {
+    let reply = try_cmd(port, cmd).unwrap_or_default();
+    reply
+        .lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .map(|l| format!("; {}", l.trim()))
+        .collect()
+}
+
 /// Sends one command on a fresh connection and returns the raw reply (cold path for tests).
 pub fn raw_cmd(port: u16, args: &[&str]) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -388,27 +398,27 @@ impl RedisCluster {
                 Some(Err(e)) => format!("unknown ({e})"),
             };
             out.push_str(&format!("node {}: {process}", n.port));
-            if let Some(info) = try_cmd(n.port, &["CLUSTER", "INFO"]) {
-                for l in info.lines().filter(|l| {
-                    l.starts_with("cluster_state")
-                        || l.starts_with("cluster_slots_assigned")
-                        || l.starts_with("cluster_slots_fail")
-                        || l.starts_with("cluster_current_epoch")
-                        || l.starts_with("cluster_my_epoch")
-                }) {
-                    out.push_str(&format!("; {}", l.trim()));
-                }
-            }
-            if let Some(info) = try_cmd(n.port, &["INFO", "replication"]) {
-                for l in info.lines().filter(|l| {
-                    l.starts_with("role:")
-                        || l.starts_with("master_link_status:")
-                        || l.starts_with("master_sync_in_progress:")
-                        || l.starts_with("connected_slaves:")
-                }) {
-                    out.push_str(&format!("; {}", l.trim()));
-                }
-            }
+            out.push_str(&picked_lines(
+                n.port,
+                &["CLUSTER", "INFO"],
+                &[
+                    "cluster_state",
+                    "cluster_slots_assigned",
+                    "cluster_slots_fail",
+                    "cluster_current_epoch",
+                    "cluster_my_epoch",
+                ],
+            ));
+            out.push_str(&picked_lines(
+                n.port,
+                &["INFO", "replication"],
+                &[
+                    "role:",
+                    "master_link_status:",
+                    "master_sync_in_progress:",
+                    "connected_slaves:",
+                ],
+            ));
             out.push('\n');
             if let Some(view) = try_cmd(n.port, &["CLUSTER", "NODES"]) {
                 let ids: Vec<(String, String)> = view
