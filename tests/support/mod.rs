@@ -66,14 +66,26 @@ pub fn spawn(cmd: Command) -> Child {
 }
 
 /// A loopback port that is free, and whose cluster bus port (+10000) is free too.
+/// Never hands out the same port (or a port whose bus port clashes with one handed out) twice
+/// in a process: the kernel may give a just-released port to the next `bind(0)`, and two nodes
+/// on one port leave a 5-node cluster (seen once: "bind: Address already in use").
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         if port > 55000 {
             continue;
         }
+        let clashes = given
+            .iter()
+            .any(|&g| g == port || g + 10000 == port || g == port + 10000);
+        if clashes {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            given.push(port);
             return port;
         }
     }
