@@ -141,6 +141,38 @@ pub fn redis_server_cmd(dir: &Path, port: u16, extra: &[&str]) -> Command {
     cmd
 }
 
+/// One line of `CLUSTER NODES`: id, address, flags, master id ("-" for a master), ping and pong
+/// times, config epoch, link state, then the slots (an open slot shows as "[slot->-id]").
+pub struct NodeLine<'a> {
+    pub id: &'a str,
+    pub port: u16,
+    pub flags: &'a str,
+    pub master: &'a str,
+    pub epoch: &'a str,
+    pub slots: Vec<&'a str>,
+}
+
+/// The node lines of a raw `CLUSTER NODES` reply (its RESP framing lines are skipped).
+pub fn node_lines(reply: &str) -> Vec<NodeLine<'_>> {
+    reply
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.len() < 8 {
+                return None;
+            }
+            Some(NodeLine {
+                id: f[0],
+                port: f[1].split(['@', ':']).nth(1)?.parse().ok()?,
+                flags: f[2],
+                master: f[3],
+                epoch: f[6],
+                slots: f[8..].to_vec(),
+            })
+        })
+        .collect()
+}
+
 /// "; line" for each line of the node's reply to `cmd` that starts with one of `prefixes`.
 fn picked_lines(port: u16, cmd: &[&str], prefixes: &[&str]) -> String {
     let reply = try_cmd(port, cmd).unwrap_or_default();
@@ -349,20 +381,17 @@ impl RedisCluster {
                 .trim()
                 .to_string();
             let nodes = try_cmd(port, &["CLUSTER", "NODES"])?;
-            let mut masters: Vec<String> = nodes
-                .lines()
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split(' ').collect();
-                    if f.len() < 9 || !f[2].contains("master") {
-                        return None;
-                    }
+            let mut masters: Vec<String> = node_lines(&nodes)
+                .into_iter()
+                .filter(|n| n.flags.contains("master") && !n.slots.is_empty())
+                .map(|n| {
                     // "[slot->-id]" marks an open slot, shown only by its owner.
-                    let slots: Vec<&str> = f[8..]
-                        .iter()
-                        .copied()
+                    let slots: Vec<&str> = n
+                        .slots
+                        .into_iter()
                         .filter(|s| !s.starts_with('['))
                         .collect();
-                    Some(format!("{} {} {}", f[0], f[6], slots.join(",")))
+                    format!("{} {} {}", n.id, n.epoch, slots.join(","))
                 })
                 .collect();
             masters.sort();
@@ -433,31 +462,24 @@ impl RedisCluster {
             ));
             out.push('\n');
             if let Some(view) = try_cmd(n.port, &["CLUSTER", "NODES"]) {
-                let ids: Vec<(String, String)> = view
-                    .lines()
-                    .filter_map(|l| {
-                        let f: Vec<&str> = l.split(' ').collect();
-                        let port = f.get(1)?.split(['@', ':']).nth(1)?;
-                        Some((f[0].to_string(), port.to_string()))
-                    })
-                    .collect();
+                let lines = node_lines(&view);
                 let port_of = |id: &str| {
-                    ids.iter()
-                        .find(|(i, _)| i == id)
-                        .map_or("-".to_string(), |(_, p)| p.clone())
+                    lines
+                        .iter()
+                        .find(|l| l.id == id)
+                        .map_or("-".to_string(), |l| l.port.to_string())
                 };
-                let summary: Vec<String> = view
-                    .lines()
-                    .filter_map(|l| {
-                        let f: Vec<&str> = l.split(' ').collect();
-                        let port = f.get(1)?.split(['@', ':']).nth(1)?;
-                        let flags = f.get(2)?;
-                        let of = port_of(f.get(3)?);
-                        let epoch = f.get(6)?;
-                        let slots = f.get(8..).map(|s| s.join(",")).unwrap_or_default();
-                        Some(format!(
-                            "{port} {flags} of:{of} epoch:{epoch} slots:{slots}"
-                        ))
+                let summary: Vec<String> = lines
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} {} of:{} epoch:{} slots:{}",
+                            l.port,
+                            l.flags,
+                            port_of(l.master),
+                            l.epoch,
+                            l.slots.join(",")
+                        )
                     })
                     .collect();
                 out.push_str(&format!("  view: {}\n", summary.join(" | ")));
@@ -502,28 +524,17 @@ impl RedisCluster {
     pub fn masters(&self) -> Vec<(u16, String, String)> {
         let port = self.live_ports()[0];
         let nodes = raw_cmd(port, &["CLUSTER", "NODES"]);
-        let mut out = Vec::new();
-        for line in nodes.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            if f.len() >= 8 && f[2].contains("master") && !f[2].contains("fail") {
-                let p: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-                out.push((
-                    p,
-                    f[0].trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-                        .to_string(),
-                    f[8..].join(" "),
-                ));
-            }
-        }
+        let mut out: Vec<(u16, String, String)> = node_lines(&nodes)
+            .into_iter()
+            .filter(|n| n.flags.contains("master") && !n.flags.contains("fail"))
+            .map(|n| (n.port, n.id.to_string(), n.slots.join(" ")))
+            .collect();
         out.sort();
         out
     }
 
     /// The port of the master that owns `slot`.
     pub fn owner_of(&self, slot: u16) -> u16 {
-        let port = self.live_ports()[0];
-        let slots = raw_cmd(port, &["CLUSTER", "SHARDS"]);
-        let _ = slots;
         for (p, _, ranges) in self.masters() {
             for r in ranges.split(' ') {
                 if r.starts_with('[') {
