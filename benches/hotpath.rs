@@ -565,10 +565,25 @@ fn route(c: &mut Criterion) {
     g.finish();
 }
 
+/// The reply hand-off from a link to a session: one push into the session's inbox and one
+/// pop (no waker registered: the session is awake). The channel it replaced is kept for
+/// comparison.
 fn hop(c: &mut Criterion) {
     let mut g = c.benchmark_group("hop");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Bytes)>();
+    let inbox = slotmux::upstream::Inbox::default();
     let payload = Bytes::from_static(b"$3\r\nbar\r\n");
+    g.bench_function("inbox_push_pop", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            inbox.push(slotmux::upstream::Reply {
+                tag: i,
+                result: Ok(payload.clone()),
+            });
+            inbox.pop()
+        })
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Bytes)>();
     g.bench_function("tokio_unbounded_send_try_recv", |b| {
         let mut i = 0u64;
         b.iter(|| {
@@ -589,7 +604,10 @@ fn metrics(c: &mut Criterion) {
     let mut stats = slotmux::metrics::SessionStats::default();
     let reply = b"$3\r\nbar\r\n";
     g.bench_function("record_per_command", |b| {
-        b.iter(|| stats.record(&m, black_box("get"), black_box(reply), black_box(0.0001)))
+        b.iter(|| {
+            let outcome = slotmux::metrics::Outcome::of_reply(black_box(reply));
+            stats.record(&m, black_box("get"), outcome, black_box(0.0001))
+        })
     });
     g.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
     g.finish();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Serves the HTTP endpoint until the process ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {

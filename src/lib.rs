@@ -1,40 +1,52 @@
 //! slotmux: a transparent RESP proxy that makes a Redis Cluster look like one Redis.
 //!
 //! # Layout
-//! The request path: [`server`] accepts → [`session`] reads bytes → [`resp::request`] cuts
-//! commands → [`command`] finds the command, its policy and its keys' slot → the session picks
-//! the master from the [`cluster::topology`] snapshot → [`upstream::conn`] sends it on a shared,
-//! pipelined connection → [`resp::reply`] finds the reply's end and spots `-MOVED`/`-ASK` →
-//! the session follows redirects and retries (bounded) → replies go back in request order.
+//! The request path, all on one worker thread: [`server`] accepts and hands the socket to a
+//! [`worker`] → [`session`] reads bytes → [`resp::request`] cuts commands → [`command`] finds
+//! the command, its policy and its keys' slot → [`router`] picks the target → the session takes
+//! the master from the [`cluster::topology`] snapshot and appends the request to the worker's
+//! [`upstream::link`] to that node (no channel, no lock) → the link writes, scans replies with
+//! [`resp::reply`] and pushes each into the session's inbox → the session follows redirects
+//! and retries ([`session`]'s `decide`) → replies go back in request order.
 //!
 //! - [`config`]: flags and `SLOTMUX_*` env vars.
-//! - [`server`]: listener, client limit, graceful drain, shared state, INFO text.
-//! - [`session`]: one client; ordering, redirections, retries, local commands (PING, HELLO...).
-//! - [`resp`]: request scanner, reply scanner, our own reply encoder.
+//! - [`server`]: listener, client limit, hand-off to workers, graceful drain.
+//! - [`worker`]: shared-nothing worker threads and their per-node link tables.
+//! - [`shared`]: state every worker sees (cluster, metrics, limits, script store).
+//! - [`session`]: one client; ordering, redirections, retries, transactions, pub/sub, local
+//!   commands (PING, HELLO...).
+//! - [`resp`]: request scanner, reply scanner, our own reply and command encoder.
 //! - [`command`]: generated command table, key extraction, per-command policy.
 //! - [`router`]: command → one target, a split plan, a local reply or an error; SCAN cursors.
 //! - [`merge`]: combining the replies of split and all-masters commands.
+//! - [`error`]: what slotmux answers itself when it cannot pass a command on.
 //! - [`cluster`]: `key_slot`, the slot table snapshot, the refresher.
+//! - [`upstream`]: nodes, worker-local backend links, cold-path queries.
+//! - [`info`]: INFO sections.
 //! - [`slowlog`]: SLOWLOG entries for commands above `--slowlog-threshold`.
-//! - [`upstream`]: multiplexed backend connections and the per-node pool.
-//! - [`metrics`]: every Prometheus metric, and per-session stats flushed once a second.
+//! - [`metrics`]: every Prometheus metric, per-session and per-link counts flushed periodically.
 //! - [`http`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod error;
 pub mod http;
+pub mod info;
 pub mod merge;
 pub mod metrics;
 pub mod resp;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod slowlog;
 pub mod upstream;
+pub mod worker;
 
 pub use config::Config;
-pub use server::{run, serve, Shared};
+pub use server::{run, serve};
+pub use shared::Shared;
 
 /// The Redis version slotmux presents itself as (in HELLO and INFO): the version whose
 /// command table it carries.

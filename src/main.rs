@@ -18,12 +18,12 @@ fn main() {
     } else {
         builder.init();
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all();
-    if let Some(n) = config.threads {
-        rt.worker_threads(n.max(1));
-    }
-    let rt = match rt.build() {
+    // The control thread: accepting clients, the topology refresher and the HTTP endpoint.
+    // Client sessions run on the worker threads that `serve` starts (`--threads`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("slotmux: cannot start the runtime: {e}");

@@ -17,9 +17,100 @@ use prometheus::{
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 type Counter = GenericCounter<PAtomicU64>;
+
+/// Why a command was scheduled for another try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// TRYAGAIN or LOADING (or BUSY-like transient refusals).
+    TryAgain,
+    /// CLUSTERDOWN, or no master known for the slot.
+    ClusterDown,
+    /// The node could not be reached; nothing was sent.
+    Unreachable,
+    /// A read-only command whose connection broke after it was sent.
+    ConnectionLost,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 4] = [
+        RetryReason::TryAgain,
+        RetryReason::ClusterDown,
+        RetryReason::Unreachable,
+        RetryReason::ConnectionLost,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::TryAgain => "tryagain",
+            RetryReason::ClusterDown => "clusterdown",
+            RetryReason::Unreachable => "unreachable",
+            RetryReason::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+/// Why a topology refresh was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    Startup,
+    Periodic,
+    Moved,
+    NodeFailure,
+    ClusterDown,
+}
+
+impl RefreshReason {
+    pub const ALL: [RefreshReason; 5] = [
+        RefreshReason::Startup,
+        RefreshReason::Periodic,
+        RefreshReason::Moved,
+        RefreshReason::NodeFailure,
+        RefreshReason::ClusterDown,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RefreshReason::Startup => "startup",
+            RefreshReason::Periodic => "periodic",
+            RefreshReason::Moved => "moved",
+            RefreshReason::NodeFailure => "node_failure",
+            RefreshReason::ClusterDown => "clusterdown",
+        }
+    }
+}
+
+/// How a command ended, for the `outcome` label of `slotmux_commands_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Ok,
+    /// An error reply from Redis, or one slotmux gives in Redis's own words (CROSSSLOT...).
+    Error,
+    /// slotmux's own error (node unreachable, outcome unknown, refused command...).
+    ProxyError,
+}
+
+impl Outcome {
+    /// The outcome of a reply that came from a node.
+    #[inline]
+    pub fn of_reply(frame: &[u8]) -> Outcome {
+        if frame.first() == Some(&b'-') {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        }
+    }
+}
 
 /// Latency buckets in seconds: 50 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -145,6 +236,17 @@ impl Metrics {
         }
     }
 
+    /// Removes a forgotten node's series, so a cluster whose pods come and go with new
+    /// addresses does not grow the exposition forever.
+    pub fn forget_node(&self, addr: &str) {
+        let _ = self.backend_requests.remove_label_values(&[addr]);
+        let _ = self.backend_errors.remove_label_values(&[addr]);
+        let _ = self.backend_latency.remove_label_values(&[addr]);
+        for kind in ["shared", "dedicated", "pubsub"] {
+            let _ = self.backend_connections.remove_label_values(&[addr, kind]);
+        }
+    }
+
     fn catch_up(c: &Counter, now: u64) {
         let have = c.get();
         if now > have {
@@ -171,10 +273,10 @@ impl Metrics {
             ld(&s.moved),
         );
         Self::catch_up(&self.redirections.with_label_values(&["ask"]), ld(&s.ask));
-        for (i, reason) in crate::server::RETRY_REASONS.iter().enumerate() {
+        for why in RetryReason::ALL {
             Self::catch_up(
-                &self.retries.with_label_values(&[reason]),
-                ld(&s.retries[i]),
+                &self.retries.with_label_values(&[why.label()]),
+                ld(&s.retries[why.index()]),
             );
         }
         Self::catch_up(&self.unknown_outcome, ld(&s.unknown_outcome));
@@ -185,10 +287,10 @@ impl Metrics {
             &self.refreshes.with_label_values(&["error"]),
             ld(&rs.failed),
         );
-        for (i, reason) in crate::cluster::refresh::REFRESH_REASONS.iter().enumerate() {
+        for why in RefreshReason::ALL {
             Self::catch_up(
-                &self.refresh_requests.with_label_values(&[reason]),
-                ld(&rs.requests[i]),
+                &self.refresh_requests.with_label_values(&[why.label()]),
+                ld(&rs.requests[why.index()]),
             );
         }
         self.slots_covered.set(t.covered_slots() as i64);
@@ -254,25 +356,10 @@ impl Default for SessionStats {
     }
 }
 
-/// How a reply went, for the `outcome` label.
-pub fn outcome(reply: &[u8]) -> u8 {
-    if reply.first() != Some(&b'-') {
-        0
-    } else if reply
-        .windows(8)
-        .take(96)
-        .any(|w| w == b"slotmux:" || w == b"slotmux ")
-    {
-        2
-    } else {
-        1
-    }
-}
-
 impl SessionStats {
     /// Records one finished command (no lock, no allocation once the command was seen).
     #[inline]
-    pub fn record(&mut self, m: &Metrics, name: &'static str, reply: &[u8], secs: f64) {
+    pub fn record(&mut self, m: &Metrics, name: &'static str, outcome: Outcome, secs: f64) {
         let i = match self.cmds.iter().position(|c| std::ptr::eq(c.name, name)) {
             Some(i) => i,
             None => {
@@ -287,10 +374,10 @@ impl SessionStats {
             }
         };
         let c = &mut self.cmds[i];
-        match outcome(reply) {
-            0 => c.ok += 1,
-            1 => c.err += 1,
-            _ => c.proxy_err += 1,
+        match outcome {
+            Outcome::Ok => c.ok += 1,
+            Outcome::Error => c.err += 1,
+            Outcome::ProxyError => c.proxy_err += 1,
         }
         c.hist.observe(secs);
         self.commands += 1;

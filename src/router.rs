@@ -6,14 +6,15 @@
 //! and SCAN's cursor scheme over all masters.
 //! Must not: hold session state or do I/O; allocate on the single-target path.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use std::borrow::Cow;
+use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cluster::{key_slot, Topology};
 use crate::command::{self, Args, CommandSpec, Handling, Local, SlotOf};
+use crate::error::ProxyError;
 use crate::merge::Merge;
+use crate::resp::write::encode_command;
 use crate::upstream::{Node, Registry};
 
 /// Where one request goes.
@@ -51,10 +52,8 @@ pub enum Route {
     Transaction(command::Tx),
     Subscribe(command::Sub),
     Info,
-    Error(Cow<'static, str>),
+    Error(ProxyError),
 }
-
-const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// Routes a command whose spec (subcommand resolved) and arity were checked.
 pub fn route(
@@ -66,11 +65,10 @@ pub fn route(
     match command::policy(spec) {
         Handling::Local(l) => Route::Local(l),
         Handling::AnyMaster => Route::Forward(Target::AnyMaster),
-        Handling::Refused(why) => {
-            let name =
-                String::from_utf8_lossy(args.get(0).unwrap_or_default()).to_ascii_lowercase();
-            Route::Error(Cow::Owned(format!("ERR slotmux: '{name}' {why}")))
-        }
+        Handling::Refused(why) => Route::Error(ProxyError::Refused {
+            command: String::from_utf8_lossy(args.get(0).unwrap_or_default()).to_ascii_lowercase(),
+            why,
+        }),
         Handling::Blocking => blocking(spec, args),
         Handling::KeyedUnlessBlock if has_block_arg(args) => blocking(spec, args),
         Handling::Transaction(t) => Route::Transaction(t),
@@ -92,7 +90,7 @@ pub fn route(
         Handling::Keyed | Handling::KeyedUnlessBlock => match command::slot_of(spec, args) {
             SlotOf::One(s) => Route::Forward(Target::Slot(s)),
             SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),
-            SlotOf::CrossSlot => Route::Error(Cow::Borrowed(CROSSSLOT)),
+            SlotOf::CrossSlot => Route::Error(ProxyError::CrossSlot),
         },
         Handling::Split(merge) => match command::slot_of(spec, args) {
             SlotOf::One(s) => Route::Forward(Target::Slot(s)),
@@ -131,7 +129,7 @@ pub fn route(
 fn blocking(spec: &'static CommandSpec, args: Args<'_>) -> Route {
     match command::slot_of(spec, args) {
         SlotOf::One(s) => Route::Blocking(s),
-        SlotOf::CrossSlot => Route::Error(Cow::Borrowed(CROSSSLOT)),
+        SlotOf::CrossSlot => Route::Error(ProxyError::CrossSlot),
         // Malformed: any master produces Redis's own error (without blocking).
         SlotOf::NoKeys | SlotOf::BadArgs => Route::Forward(Target::AnyMaster),
     }
@@ -146,22 +144,6 @@ fn has_block_arg(args: Args<'_>) -> bool {
         args.get(i)
             .is_some_and(|a| a.eq_ignore_ascii_case(b"BLOCK"))
     })
-}
-
-/// Encodes a command from argument slices (split sub-commands, rewritten SCANs).
-pub fn encode<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]>) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(b'*');
-    out.extend_from_slice(parts.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for p in parts {
-        out.put_u8(b'$');
-        out.extend_from_slice(p.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(p);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.freeze()
 }
 
 /// One sub-command per slot, keys in the client's order within each; MSET keeps pairs.
@@ -192,7 +174,7 @@ fn split_by_slot(merge: Merge, args: Args<'_>) -> Plan {
                     items.push(args.get(k + j).unwrap_or_default());
                 }
             }
-            (Target::Slot(slot), encode(items.into_iter()))
+            (Target::Slot(slot), encode_command(items))
         })
         .collect();
     Plan {
@@ -227,11 +209,11 @@ fn scan(args: Args<'_>, topo: &Topology) -> Route {
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return Route::Error(Cow::Borrowed("ERR invalid cursor"));
+        return Route::Error(ProxyError::redis("ERR invalid cursor"));
     };
     let order = scan_order(topo);
     let Some(&(first, _)) = order.first() else {
-        return Route::Error(Cow::Borrowed("CLUSTERDOWN Hash slot not served"));
+        return Route::Error(ProxyError::SlotNotServed);
     };
     let (node_cursor, slot) = if cursor == 0 {
         (0, first)
@@ -247,7 +229,7 @@ fn scan(args: Args<'_>, topo: &Topology) -> Route {
         }
     });
     Route::Scan {
-        frame: encode(items.collect::<Vec<_>>().into_iter()),
+        frame: encode_command(items.collect::<Vec<_>>()),
         slot,
     }
 }

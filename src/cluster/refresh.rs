@@ -8,40 +8,24 @@
 //! Must not: block the hot path: readers only `load()` the snapshot.
 
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 use super::topology::{parse_cluster_slots, SlotRange, Topology};
-use crate::resp::write::Proto;
-use crate::upstream::conn::{connect, encode_command, read_replies};
+use crate::metrics::RefreshReason;
+use crate::upstream::connect::query;
 use crate::upstream::{Node, Registry};
 use redis_protocol::resp2::types::OwnedFrame;
+
+/// Longest a seed's DNS lookup may take before the refresh goes on without it.
+pub const SEED_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
     pub interval: Duration,
     pub min_interval: Duration,
-}
-
-/// Why a refresh was asked for.
-pub const REFRESH_REASONS: [&str; 5] = [
-    "startup",
-    "periodic",
-    "moved",
-    "node_failure",
-    "clusterdown",
-];
-#[derive(Debug, Clone, Copy)]
-pub enum Reason {
-    Startup = 0,
-    Periodic = 1,
-    Moved = 2,
-    NodeFailure = 3,
-    ClusterDown = 4,
 }
 
 /// Counters the metrics and INFO read.
@@ -50,8 +34,8 @@ pub struct RefreshStats {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
     pub moved_patches: AtomicU64,
-    /// Requests by reason, indexed like [`REFRESH_REASONS`].
-    pub requests: [AtomicU64; 5],
+    /// Requests by reason, indexed by [`RefreshReason::index`].
+    pub requests: [AtomicU64; RefreshReason::ALL.len()],
     /// Unix time (seconds) of the last successful refresh.
     pub last_ok_unix: AtomicU64,
 }
@@ -84,7 +68,7 @@ impl Cluster {
             .registry
             .set_failure_hook(Arc::new(move |_addr: &str| {
                 if let Some(c) = weak.upgrade() {
-                    c.request_refresh(Reason::NodeFailure);
+                    c.request_refresh(RefreshReason::NodeFailure);
                 }
             }));
         cluster
@@ -104,8 +88,8 @@ impl Cluster {
     }
 
     /// Asks for a refresh soon (debounced). Cheap; callable from any task.
-    pub fn request_refresh(&self, why: Reason) {
-        self.stats.requests[why as usize].fetch_add(1, Ordering::Relaxed);
+    pub fn request_refresh(&self, why: RefreshReason) {
+        self.stats.requests[why.index()].fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -121,7 +105,7 @@ impl Cluster {
             self.topo.rcu(|t| Arc::new(t.with_slot(slot, node.clone())));
             self.stats.moved_patches.fetch_add(1, Ordering::Relaxed);
         }
-        self.request_refresh(Reason::Moved);
+        self.request_refresh(RefreshReason::Moved);
         node
     }
 
@@ -146,7 +130,7 @@ impl Cluster {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(wait) => {
-                        self.stats.requests[Reason::Periodic as usize].fetch_add(1, Ordering::Relaxed);
+                        self.stats.requests[RefreshReason::Periodic.index()].fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 let since = last.elapsed();
@@ -155,7 +139,7 @@ impl Cluster {
                 }
             }
             if first {
-                self.stats.requests[Reason::Startup as usize].fetch_add(1, Ordering::Relaxed);
+                self.stats.requests[RefreshReason::Startup.index()].fetch_add(1, Ordering::Relaxed);
             }
             first = false;
             last = Instant::now();
@@ -165,36 +149,60 @@ impl Cluster {
         }
     }
 
-    /// Candidate addresses to ask: every known node first, then the seeds, freshly resolved.
-    async fn candidates(&self) -> Vec<String> {
+    /// The nodes of the current map (masters and replicas). A plain copy: no snapshot guard
+    /// is held across the awaits that follow.
+    fn known_nodes(&self) -> Vec<String> {
+        let topo = self.topo.load_full();
         let mut out: Vec<String> = Vec::new();
-        let topo = self.topo.load();
         for (i, m) in topo.masters.iter().enumerate() {
             out.push(m.addr.to_string());
             out.extend(topo.replicas.get(i).into_iter().flatten().cloned());
         }
-        for seed in &self.seeds {
-            match tokio::net::lookup_host(seed.as_str()).await {
-                Ok(addrs) => out.extend(addrs.map(|a| a.to_string())),
-                Err(e) => tracing::debug!(seed = %seed, error = %e, "seed does not resolve"),
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        out.retain(|a| seen.insert(a.clone()));
         out
     }
 
-    /// Asks every candidate for `CLUSTER SLOTS` at once (so one hung node costs nothing) and
-    /// swaps in the best view: full coverage first, then the fewest masters that slotmux
-    /// currently cannot reach (a node that has not yet noticed a failover still names the dead
-    /// master), then the view most nodes agree on.
+    /// Asks every known node, and every seed (resolved again, concurrently, each lookup
+    /// bounded by [`SEED_LOOKUP_TIMEOUT`]) for `CLUSTER SLOTS` at once (so one hung node or a
+    /// slow DNS server costs nothing) and swaps in the best view: full coverage first, then
+    /// the fewest masters that slotmux currently cannot reach (a node that has not yet noticed
+    /// a failover still names the dead master), then the view most nodes agree on.
     pub async fn refresh_now(self: &Arc<Self>) -> Result<(), String> {
         let mut asks = tokio::task::JoinSet::new();
-        for addr in self.candidates().await {
+        let known = self.known_nodes();
+        for addr in &known {
             let me = self.clone();
+            let addr = addr.clone();
             asks.spawn(async move {
                 let r = me.ask(&addr).await;
-                (addr, r)
+                vec![(addr, r)]
+            });
+        }
+        for seed in &self.seeds {
+            let me = self.clone();
+            let seed = seed.clone();
+            let known = known.clone();
+            asks.spawn(async move {
+                let lookup = tokio::time::timeout(
+                    SEED_LOOKUP_TIMEOUT,
+                    tokio::net::lookup_host(seed.as_str()),
+                )
+                .await;
+                let addrs = match lookup {
+                    Ok(Ok(addrs)) => addrs.map(|a| a.to_string()).collect::<Vec<_>>(),
+                    Ok(Err(e)) => {
+                        return vec![(seed.clone(), Err(format!("does not resolve: {e}")))]
+                    }
+                    Err(_) => return vec![(seed.clone(), Err("DNS lookup timed out".to_string()))],
+                };
+                let mut out = Vec::new();
+                for addr in addrs {
+                    if known.contains(&addr) {
+                        continue;
+                    }
+                    let r = me.ask(&addr).await;
+                    out.push((addr, r));
+                }
+                out
             });
         }
         let mut views: Vec<(Vec<SlotRange>, String)> = Vec::new();
@@ -210,17 +218,26 @@ impl Cluster {
                 },
             };
             let Some(done) = next else { break };
-            match done {
-                Ok((addr, Ok(ranges))) => {
-                    let covered: usize =
-                        ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
-                    if covered >= super::slot::SLOTS && deadline.is_none() {
-                        deadline = Some(tokio::time::Instant::now() + Duration::from_millis(250));
-                    }
-                    views.push((ranges, addr))
+            let answers = match done {
+                Ok(answers) => answers,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
                 }
-                Ok((addr, Err(e))) => errors.push(format!("{addr}: {e}")),
-                Err(e) => errors.push(e.to_string()),
+            };
+            for (addr, answer) in answers {
+                match answer {
+                    Ok(ranges) => {
+                        let covered: usize =
+                            ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
+                        if covered >= super::slot::SLOTS && deadline.is_none() {
+                            deadline =
+                                Some(tokio::time::Instant::now() + Duration::from_millis(250));
+                        }
+                        views.push((ranges, addr))
+                    }
+                    Err(e) => errors.push(format!("{addr}: {e}")),
+                }
             }
         }
         let score = |ranges: &Vec<SlotRange>| {
@@ -287,22 +304,7 @@ impl Cluster {
         cmd: &[&[u8]],
         limit: Duration,
     ) -> Result<OwnedFrame, String> {
-        let settings = self.registry.settings();
-        let mut stream = connect(addr, Proto::Resp2, settings).await?;
-        let mut req = BytesMut::new();
-        encode_command(&mut req, cmd);
-        let name = String::from_utf8_lossy(&cmd.join(&b' ')).into_owned();
-        let reply = tokio::time::timeout(limit, async {
-            stream.write_all(&req).await?;
-            read_replies(&mut stream, 1).await
-        })
-        .await
-        .map_err(|_| format!("{name} timed out"))?
-        .map_err(|e| e.to_string())?;
-        let (frame, _) = redis_protocol::resp2::decode::decode(&reply[0])
-            .map_err(|e| e.to_string())?
-            .ok_or(format!("incomplete {name} reply"))?;
-        Ok(frame)
+        query(addr, self.registry.settings(), cmd, limit).await
     }
 
     /// Learns the commands the generated table lacks (modules) from a node's `COMMAND`.

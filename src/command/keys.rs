@@ -60,6 +60,7 @@
 //! * Errors of `NOT_KEY` specs are ignored (the spec is skipped): Redis never
 //!   evaluates those specs when looking for keys.
 
+use crate::resp::parse_i64;
 use std::fmt;
 
 use super::table::F_NO_MANDATORY_KEYS;
@@ -298,39 +299,6 @@ fn find_keyword<A: AsRef<[u8]>>(args: &[A], keyword: &str, start_from: i32) -> O
         i += delta;
     }
     None
-}
-
-/// Redis's `string2ll`: optional `-`, no `+`, no leading zeros, no spaces, fits
-/// in an `i64`.
-fn parse_i64(s: &[u8]) -> Option<i64> {
-    if s == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        Some(_) => (false, s),
-        None => return None,
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut v: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    if negative {
-        if v > i64::MAX as u64 + 1 {
-            None
-        } else {
-            Some((v as i64).wrapping_neg())
-        }
-    } else {
-        i64::try_from(v).ok()
-    }
 }
 
 fn eq_ci(arg: &[u8], word: &str) -> bool {
@@ -747,19 +715,5 @@ mod tests {
         );
         assert_eq!(keys("PING"), Ok(vec![]));
         assert_eq!(keys("CONFIG GET maxmemory"), Ok(vec![]));
-    }
-
-    #[test]
-    fn parse_i64_like_string2ll() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"-0"), None);
-        assert_eq!(parse_i64(b""), None);
-        assert_eq!(parse_i64(b"-"), None);
-        assert_eq!(parse_i64(b" 1"), None);
-        assert_eq!(parse_i64(b"12"), Some(12));
-        assert_eq!(parse_i64(b"-12"), Some(-12));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_i64(b"9223372036854775808"), None);
     }
 }

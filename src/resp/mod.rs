@@ -28,33 +28,40 @@ pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Parses a signed decimal the way Redis's `string2ll` does: optional `-`, digits, no `+`,
-/// no spaces, no leading zeros except "0" itself, and no overflow.
+/// no spaces, no leading zeros except "0" itself, and no overflow (`i64::MIN` included).
+/// The one integer parser of slotmux: requests, replies and key specs all use it.
 #[inline]
-pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
-    let (neg, digits) = match s.first()? {
-        b'-' => (true, &s[1..]),
-        _ => (false, s),
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    if s == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some(_) => (false, s),
+        None => return None,
     };
-    if digits.is_empty() || digits.len() > 19 {
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    if digits.len() > 20 {
         return None;
     }
-    if digits.len() > 1 && digits[0] == b'0' {
-        return None;
-    }
-    let mut v: i64 = 0;
+    let mut v: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
-    if neg {
-        if v == 0 {
-            return None;
+    if negative {
+        if v > i64::MAX as u64 + 1 {
+            None
+        } else {
+            Some((v as i64).wrapping_neg())
         }
-        Some(-v)
     } else {
-        Some(v)
+        i64::try_from(v).ok()
     }
 }
 
@@ -82,5 +89,8 @@ mod tests {
         assert_eq!(parse_i64(b"1 "), None);
         assert_eq!(parse_i64(b"99999999999999999999"), None);
         assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"-9223372036854775809"), None);
     }
 }

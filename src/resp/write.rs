@@ -3,7 +3,7 @@
 //! Owns: the bytes of every reply that slotmux makes itself (PING, HELLO, errors, merged
 //! results). Must not: touch replies forwarded from Redis; those pass through unchanged.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Protocol version of a client session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,31 @@ pub fn verbatim(out: &mut BytesMut, proto: Proto, text: &[u8]) {
     }
 }
 
+/// A command as RESP (an array of bulk strings): split sub-commands, rewritten SCANs,
+/// handshakes and probes. The one command encoder of slotmux.
+pub fn command<'a, I>(out: &mut BytesMut, parts: I)
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let parts = parts.into_iter();
+    array_header(out, parts.len());
+    for p in parts {
+        bulk(out, p);
+    }
+}
+
+/// [`command`] into a buffer of its own.
+pub fn encode_command<'a, I>(parts: I) -> Bytes
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut out = BytesMut::new();
+    command(&mut out, parts);
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,9 +155,10 @@ mod tests {
         map_header(&mut b, Proto::Resp3, 2);
         map_header(&mut b, Proto::Resp2, 2);
         error(&mut b, "ERR a\r\nb");
+        command(&mut b, [&b"GET"[..], b"k"]);
         assert_eq!(
             &b[..],
-            b":-42\r\n:0\r\n$2\r\nhi\r\n$-1\r\n_\r\n%2\r\n*4\r\n-ERR a  b\r\n"
+            b":-42\r\n:0\r\n$2\r\nhi\r\n$-1\r\n_\r\n%2\r\n*4\r\n-ERR a  b\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
         );
     }
 }

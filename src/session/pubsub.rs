@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::{error_frame, Entry, Session};
+use super::queue::Entry;
+use super::Session;
 use crate::cluster::key_slot;
 use crate::command::Sub;
+use crate::error::ProxyError;
 use crate::merge::elements;
+use crate::metrics::{Outcome, RefreshReason};
 use crate::resp::write::{self, Proto};
-use crate::router::encode;
-use crate::upstream::conn::{ConnHandle, Mode};
-use crate::upstream::{Node, Reply};
+use crate::upstream::{LinkKind, Node, OwnedLink, Reply};
 
 /// Tags of stream frames: `STREAM_BASE - i` for stream `i` (0 = SUBSCRIBE/PSUBSCRIBE).
 pub(super) const STREAM_BASE: u64 = u64::MAX - 1;
@@ -32,7 +33,7 @@ pub(super) fn is_stream_tag(tag: u64) -> bool {
 
 struct Stream {
     node: Arc<Node>,
-    conn: Option<ConnHandle>,
+    conn: Option<OwnedLink>,
     /// Subscriptions on this connection, as Redis last counted them.
     count: i64,
     /// Confirmations still to hide after a re-subscribe.
@@ -74,9 +75,11 @@ impl Session {
         self.pubsub.as_ref().is_some_and(|p| p.subscribed())
     }
 
+    /// Queues a push for the client, unless everything buffered for it (written output and
+    /// pushes queued behind a pending command) would pass the pub/sub output limit.
     fn deliver(&mut self, frame: Bytes) {
         let limit = self.shared.config.pubsub_output_limit;
-        if (self.out.len() + frame.len()) as u64 > limit {
+        if (self.out.len() + self.push_bytes + frame.len()) as u64 > limit {
             // Counted once: more frames of the same batch arrive after `kill` is set.
             if !self.closing && !self.kill {
                 tracing::info!(client = %self.peer, limit, "closing subscriber that does not read (pub/sub output limit)");
@@ -88,22 +91,21 @@ impl Session {
             self.kill = true;
             return;
         }
-        if self.pending.is_empty() {
+        if self.queue.is_empty() {
             self.out.extend_from_slice(&frame);
         } else {
-            self.push(Entry::Ready(frame));
+            self.push_bytes += frame.len();
+            self.queue.push(Entry::ready(frame, Outcome::Ok), None);
         }
     }
 
     fn open_stream(&mut self, idx: usize, node: Arc<Node>) -> bool {
         let tag = STREAM_BASE - idx as u64;
-        let Some(conn) = node.dedicated(
-            self.proto,
-            Mode::Stream {
-                tag,
-                to: self.tx.clone(),
-            },
-        ) else {
+        let kind = LinkKind::Stream {
+            tag,
+            to: self.inbox.clone(),
+        };
+        let Some(conn) = self.worker.owned(&node, self.proto, kind) else {
             return false;
         };
         let ps = self.pubsub.get_or_insert_with(PubSub::default);
@@ -138,13 +140,7 @@ impl Session {
             return false;
         };
         let Some(conn) = &s.conn else { return false };
-        conn.send(crate::upstream::Request {
-            frame,
-            asking: false,
-            tag: 0,
-            reply_to: self.tx.clone(),
-        })
-        .is_ok()
+        conn.send_silent(&frame).is_ok()
     }
 
     fn shard_index(&self, node: &Arc<Node>) -> Option<usize> {
@@ -169,13 +165,10 @@ impl Session {
                 );
                 if !has {
                     let Some(node) = topo.master_for(0).cloned() else {
-                        return self.reply_error("CLUSTERDOWN Hash slot not served");
+                        return self.reply_error(ProxyError::SlotNotServed);
                     };
                     if !self.open_stream(0, node.clone()) {
-                        return self.reply_error(&format!(
-                            "CLUSTERDOWN slotmux cannot reach node {}",
-                            node.addr
-                        ));
+                        return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                     }
                 }
                 self.stream_send(0, frame);
@@ -197,13 +190,10 @@ impl Session {
                     .collect::<BTreeSet<_>>()
                 {
                     s if s.len() == 1 => *s.iter().next().unwrap_or(&0),
-                    _ => {
-                        return self
-                            .reply_error("CROSSSLOT Keys in request don't hash to the same slot")
-                    }
+                    _ => return self.reply_error(ProxyError::CrossSlot),
                 };
                 let Some(node) = topo.master_for(slot).cloned() else {
-                    return self.reply_error("CLUSTERDOWN Hash slot not served");
+                    return self.reply_error(ProxyError::SlotNotServed);
                 };
                 let idx = match self.shard_index(&node) {
                     Some(i) => i,
@@ -214,10 +204,7 @@ impl Session {
                             .map(|p| p.streams.len().max(1))
                             .unwrap_or(1);
                         if i as u64 >= MAX_STREAMS || !self.open_stream(i, node.clone()) {
-                            return self.reply_error(&format!(
-                                "CLUSTERDOWN slotmux cannot reach node {}",
-                                node.addr
-                            ));
+                            return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                         }
                         i
                     }
@@ -347,7 +334,7 @@ impl Session {
         tracing::info!(node = %s.node.addr, "subscription connection lost; re-subscribing");
         self.shared
             .cluster
-            .request_refresh(crate::cluster::refresh::Reason::NodeFailure);
+            .request_refresh(RefreshReason::NodeFailure);
         self.retries.push((
             Instant::now() + Duration::from_millis(200),
             STREAM_BASE - idx as u64,
@@ -396,14 +383,14 @@ impl Session {
                 .chain(channels.iter().map(|c| &c[..]))
                 .collect();
             swallow += channels.len();
-            self.stream_send(idx, encode(parts.into_iter()));
+            self.stream_send(idx, write::encode_command(parts));
         }
         if !patterns.is_empty() {
             let parts: Vec<&[u8]> = std::iter::once(&b"PSUBSCRIBE"[..])
                 .chain(patterns.iter().map(|c| &c[..]))
                 .collect();
             swallow += patterns.len();
-            self.stream_send(idx, encode(parts.into_iter()));
+            self.stream_send(idx, write::encode_command(parts));
         }
         if let Some(Some(s)) = self
             .pubsub
@@ -433,12 +420,10 @@ impl Session {
         if allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
             return false;
         }
-        let msg = format!(
+        self.reply_error(ProxyError::redis(format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             String::from_utf8_lossy(name).to_ascii_lowercase()
-        );
-        let _ = error_frame;
-        self.reply_error(&msg);
+        )));
         true
     }
 }

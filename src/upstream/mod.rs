@@ -1,31 +1,23 @@
 //! Connections to Redis nodes.
 //!
-//! Owns: the multiplexed, pipelined backend connections ([`conn`]) and the per-node set of
-//! them with reconnect backoff ([`pool`]). Many client sessions share each connection; a
-//! request carries the sender and tag its reply must go back to.
+//! Owns: the node registry with each node's connect health ([`node`]), the worker-local,
+//! pipelined backend connection that client sessions hand requests to directly ([`link`]), and
+//! the cold-path one-shot connections for handshakes, topology queries and probes
+//! ([`connect`]).
 //! Must not: route, follow redirections or decide retries (the session does, because only it
 //! knows whether a command may be resent).
 
-pub mod conn;
-pub mod pool;
+pub mod connect;
+pub mod link;
+pub mod node;
 
 use bytes::Bytes;
 use std::fmt;
-use tokio::sync::mpsc::UnboundedSender;
 
-pub use pool::{Node, Registry};
+pub use link::{Inbox, Link, LinkKind, OwnedLink};
+pub use node::{Node, Registry};
 
-/// One request for a backend connection: the client's bytes, unchanged.
-#[derive(Debug)]
-pub struct Request {
-    pub frame: Bytes,
-    /// Send `ASKING` right before `frame`, on the same connection, back to back.
-    pub asking: bool,
-    pub tag: u64,
-    pub reply_to: UnboundedSender<Reply>,
-}
-
-/// The answer to one [`Request`], delivered to the session that sent it.
+/// The answer to one request, delivered into the inbox of the session that sent it.
 #[derive(Debug)]
 pub struct Reply {
     pub tag: u64,
@@ -36,8 +28,8 @@ pub struct Reply {
 /// retries safe: a request that never reached the node may always be resent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
-    /// The request was never written (connect failed, node in backoff, connection closed
-    /// before it was written). Safe to resend anywhere.
+    /// The request was never (completely) written: connect failed, node in backoff, or the
+    /// connection closed first. Safe to resend anywhere.
     NotSent,
     /// The connection broke after the request was written: it may or may not have run.
     Lost,

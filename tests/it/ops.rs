@@ -61,7 +61,7 @@ fn metrics_count_exactly_100_gets_and_5_moveds() {
     wait_until("3 replicas in the map", Duration::from_secs(30), || {
         p.shared
             .cluster
-            .request_refresh(slotmux::cluster::refresh::Reason::Periodic);
+            .request_refresh(slotmux::metrics::RefreshReason::Periodic);
         std::thread::sleep(Duration::from_millis(300));
         p.metric("slotmux_replicas") == 3.0
     });

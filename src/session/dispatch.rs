@@ -1,0 +1,204 @@
+//! From one client command to entries in the reply queue.
+//!
+//! Owns: the checks Redis makes before running a command (known command and subcommand,
+//! authentication, arity, subscribed state), asking the router where it goes, and turning the
+//! route into queue entries and sends.
+//! Must not: allocate on the single-key path (the common case is one `Flight` pushed and one
+//! send), or wait for anything.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::queue::{tag, Entry, Fanout, Flight, Meta, Post, Via};
+use super::Session;
+use crate::command::{self, Args};
+use crate::error::ProxyError;
+use crate::merge::Merge;
+use crate::router::{self, Route, Target};
+
+impl Session {
+    pub(super) fn handle(&mut self, frame: Bytes, ranges: &[(usize, usize)]) {
+        self.cur = Some(Meta {
+            name: "unknown",
+            started: self.now,
+        });
+        self.handle_inner(frame, ranges);
+        // Handed on without a reply of its own (a subscription, answered by pushes): counts as
+        // done now.
+        if let Some(m) = self.cur.take() {
+            let took = m.started.elapsed().as_secs_f64();
+            self.stats.record(
+                &self.shared.metrics,
+                m.name,
+                crate::metrics::Outcome::Ok,
+                took,
+            );
+        }
+    }
+
+    fn handle_inner(&mut self, frame: Bytes, ranges: &[(usize, usize)]) {
+        let args = Args {
+            frame: &frame,
+            ranges,
+        };
+        let Some(name) = args.get(0) else { return };
+        let Some(mut spec) = command::lookup(name) else {
+            if !self.authed {
+                return self.reply_error(ProxyError::redis("NOAUTH Authentication required."));
+            }
+            return self.reply_error(ProxyError::redis(unknown_command(args)));
+        };
+        if !self.authed && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
+            return self.reply_error(ProxyError::redis("NOAUTH Authentication required."));
+        }
+        if !spec.subcommands.is_empty() && args.len() >= 2 {
+            let sub = args.get(1).unwrap_or_default();
+            match command::lookup_sub(spec, sub) {
+                Some(s) => spec = s,
+                None => {
+                    return self.reply_error(ProxyError::redis(format!(
+                        "ERR unknown subcommand '{}'. Try {} HELP.",
+                        String::from_utf8_lossy(&sub[..sub.len().min(128)]),
+                        spec.name.to_ascii_uppercase()
+                    )));
+                }
+            }
+        }
+        if let Some(m) = &mut self.cur {
+            m.name = spec.name;
+        }
+        if !command::arity_ok(spec, args.len()) {
+            return self.reply_error(ProxyError::redis(format!(
+                "ERR wrong number of arguments for '{}' command",
+                spec.name
+            )));
+        }
+        if self.pubsub.is_some() && self.refuse_in_subscribed_state(name) {
+            return;
+        }
+        let readonly = command::is_readonly(spec);
+        if matches!(spec.name, "eval" | "eval_ro" | "script|load") {
+            let body = args
+                .get(if spec.name == "script|load" { 2 } else { 1 })
+                .unwrap_or_default();
+            self.worker.remember_script(body);
+        }
+        // The snapshot is borrowed, not cloned, on the common path.
+        let route = router::route(spec, args, self.topo.load(), &self.shared.cluster.registry);
+        if let Route::Subscribe(k) = route {
+            return self.subscribe(k, frame.clone(), args);
+        }
+        if let Route::Transaction(t) = route {
+            let topo = self.topo.load().clone();
+            return self.transaction(t, frame.clone(), args, spec, &topo);
+        }
+        if self.multi.is_some() {
+            return self.queue_in_multi(route, frame.clone(), args);
+        }
+        let now = self.now;
+        match route {
+            Route::Transaction(_) | Route::Subscribe(_) => {}
+            Route::Forward(target) => {
+                let n = self.push(Entry::One(Flight::new(frame, target, readonly)));
+                self.send(tag(n, 0), now);
+            }
+            Route::Info => self.info(args, frame.clone()),
+            Route::Blocking(slot) => {
+                let f = Flight::new(frame, Target::Slot(slot), readonly).via(Via::Dedicated);
+                let n = self.push(Entry::One(f));
+                self.send(tag(n, 0), now);
+            }
+            Route::Local(l) => self.local(l, args),
+            Route::Error(e) => self.reply_error(e),
+            Route::Scan { frame, slot } => {
+                let mut f = Flight::new(frame, Target::Slot(slot), true);
+                f.post = Post::Scan { slot };
+                let n = self.push(Entry::One(f));
+                self.send(tag(n, 0), now);
+            }
+            Route::LastWrite => {
+                let target = match &self.last_write {
+                    Some(n) => Target::Node(n.clone()),
+                    None => Target::AnyMaster,
+                };
+                let n = self.push(Entry::One(Flight::new(frame, target, true)));
+                self.send(tag(n, 0), now);
+            }
+            Route::Split(plan) => {
+                if plan.parts.is_empty() {
+                    return self.reply_error(ProxyError::SlotNotServed);
+                }
+                let parts = plan
+                    .parts
+                    .into_iter()
+                    .map(|(t, f)| Flight::new(f, t, readonly))
+                    .collect();
+                self.fan_out(plan.merge, None, plan.order, parts, frame, now);
+            }
+        }
+    }
+
+    /// Queues one entry whose parts go out at once and are merged when all are back.
+    fn fan_out(
+        &mut self,
+        merge: Merge,
+        prefix: Option<String>,
+        order: Vec<(u32, u32)>,
+        parts: Vec<Flight>,
+        request: Bytes,
+        now: Instant,
+    ) {
+        let count = parts.len();
+        let n = self.push(Entry::Many(Box::new(Fanout {
+            merge,
+            prefix,
+            order,
+            parts,
+            left: count,
+            request,
+        })));
+        for part in 1..=count {
+            self.send(tag(n, part), now);
+        }
+    }
+
+    /// INFO: slotmux's own sections, and `keyspace` summed over every master.
+    fn info(&mut self, args: Args<'_>, request: Bytes) {
+        let topo = self.topo.load().clone();
+        let wanted: Vec<&[u8]> = (1..args.len()).filter_map(|i| args.get(i)).collect();
+        let sections = crate::info::sections(&wanted);
+        let text = crate::info::text(&self.shared, &topo, &sections);
+        if !sections.contains(&"keyspace") || topo.masters.is_empty() {
+            return self.reply_local(|o, p| crate::resp::write::verbatim(o, p, text.as_bytes()));
+        }
+        let ask = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
+        let parts = topo
+            .masters
+            .iter()
+            .map(|m| Flight::new(ask.clone(), Target::Node(m.clone()), true))
+            .collect();
+        let now = self.now;
+        self.fan_out(Merge::Keyspace, Some(text), Vec::new(), parts, request, now);
+    }
+}
+
+/// Redis's text for an unknown command, with the first arguments quoted.
+fn unknown_command(args: Args<'_>) -> String {
+    let name = args.get(0).unwrap_or_default();
+    let mut rest = String::new();
+    for i in 1..args.len() {
+        if rest.len() >= 128 {
+            break;
+        }
+        let a = args.get(i).unwrap_or_default();
+        let room = 128 - rest.len();
+        rest.push('\'');
+        rest.push_str(&String::from_utf8_lossy(&a[..a.len().min(room)]));
+        rest.push_str("' ");
+    }
+    format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(&name[..name.len().min(128)]),
+        rest
+    )
+}

@@ -1,0 +1,133 @@
+//! Opening a connection to a node, its handshake, and one-shot queries on a fresh connection.
+//!
+//! Owns: the connect timeout, the handshake (`HELLO 3` for RESP3 connections, `AUTH` when
+//! configured), and [`query`], the cold-path request/reply used by the topology refresher,
+//! command discovery and health probes.
+//! Must not: be used per client request (the hot path goes through `link`).
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::resp::reply::ReplyScanner;
+use crate::resp::write::{self, Proto};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Settings shared by every backend connection.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Opens a connection and runs the handshake. Errors are strings: they only end up in logs.
+pub async fn connect(
+    addr: &str,
+    proto: Proto,
+    settings: &ConnSettings,
+) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect to {addr} timed out"))?
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    let mut init = BytesMut::new();
+    let user = settings.user.as_deref().unwrap_or("default").as_bytes();
+    match (proto, settings.password.as_deref()) {
+        (Proto::Resp3, Some(pw)) => write::command(
+            &mut init,
+            [&b"HELLO"[..], b"3", b"AUTH", user, pw.as_bytes()],
+        ),
+        (Proto::Resp3, None) => write::command(&mut init, [&b"HELLO"[..], b"3"]),
+        (Proto::Resp2, Some(pw)) => write::command(&mut init, [&b"AUTH"[..], user, pw.as_bytes()]),
+        (Proto::Resp2, None) => {}
+    }
+    if !init.is_empty() {
+        let replies = tokio::time::timeout(settings.reply_timeout, async {
+            stream.write_all(&init).await?;
+            read_replies(&mut stream, 1).await
+        })
+        .await
+        .map_err(|_| format!("handshake with {addr} timed out"))?
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        for r in replies {
+            if r.first() == Some(&b'-') {
+                return Err(format!(
+                    "handshake with {addr} refused: {}",
+                    String::from_utf8_lossy(&r[1..]).trim_end()
+                ));
+            }
+        }
+    }
+    Ok(stream)
+}
+
+/// Reads exactly `n` complete replies from a fresh connection.
+pub async fn read_replies(stream: &mut TcpStream, n: usize) -> std::io::Result<Vec<Bytes>> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(n);
+    let mut scanner = ReplyScanner::new();
+    while out.len() < n {
+        match scanner.scan(&buf) {
+            Ok(Some(len)) => {
+                out.push(buf.split_to(len).freeze());
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        buf.reserve(READ_CHUNK);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(out)
+}
+
+/// Sends `cmds` on an open connection and reads one raw reply per command, within `limit`.
+pub async fn exchange(
+    stream: &mut TcpStream,
+    cmds: &[&[&[u8]]],
+    limit: Duration,
+) -> Result<Vec<Bytes>, String> {
+    let mut req = BytesMut::new();
+    for cmd in cmds {
+        write::command(&mut req, cmd.iter().copied());
+    }
+    tokio::time::timeout(limit, async {
+        stream.write_all(&req).await?;
+        read_replies(stream, cmds.len()).await
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Sends one command on a fresh RESP2 connection and decodes the reply.
+pub async fn query(
+    addr: &str,
+    settings: &ConnSettings,
+    cmd: &[&[u8]],
+    limit: Duration,
+) -> Result<OwnedFrame, String> {
+    let mut stream = connect(addr, Proto::Resp2, settings).await?;
+    let name = String::from_utf8_lossy(&cmd.join(&b' ')).into_owned();
+    let reply = exchange(&mut stream, &[cmd], limit)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+    decode(&reply[0]).ok_or(format!("{name}: undecodable reply"))
+}
+
+/// Decodes one complete RESP2 reply (cold path).
+pub fn decode(raw: &[u8]) -> Option<OwnedFrame> {
+    redis_protocol::resp2::decode::decode(raw)
+        .ok()
+        .flatten()
+        .map(|(f, _)| f)
+}

@@ -1,0 +1,558 @@
+//! One pipelined connection to one node, owned by one worker, and the inbox replies land in.
+//!
+//! Owns: the socket, the hand-off in both directions, the in-order matching of replies to
+//! requests, the `ASKING` prefix, and failing every request cleanly when the connection ends
+//! (`NotSent` for what was never completely written, `Lost`/`Timeout` for what was).
+//!
+//! The hand-off costs no message and no allocation: a session appends its request bytes to the
+//! link's output buffer plus a small record of who waits, and wakes the link's task only if it
+//! is parked. The task writes everything that accumulated in one write, scans the replies, and
+//! pushes each straight into the waiting session's [`Inbox`], waking the session only if it is
+//! parked. Everything here is `Rc`/`RefCell`: a link never leaves its worker's thread.
+//!
+//! Must not: retry or reconnect by itself (the worker opens a new link on next use), parse
+//! replies beyond their boundaries, or be shared across threads.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::connect::connect;
+use super::{Node, Reply, UpstreamError};
+use crate::metrics::NodeMetrics;
+use crate::resp::reply::ReplyScanner;
+use crate::resp::write::Proto;
+
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+const READ_CHUNK: usize = 16 * 1024;
+/// Socket reads per task turn before the link lets the sessions it woke run.
+const MAX_READS_PER_TURN: usize = 8;
+
+/// Where one session's replies land. Filled by links, drained by the session.
+#[derive(Default)]
+pub struct Inbox {
+    st: RefCell<InboxState>,
+}
+
+#[derive(Default)]
+struct InboxState {
+    q: VecDeque<Reply>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+impl Inbox {
+    /// Delivers a reply, waking the session if it is parked.
+    pub fn push(&self, reply: Reply) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            st.q.push_back(reply);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready when a reply is waiting; otherwise remembers who to wake.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.st.borrow_mut();
+        if !st.q.is_empty() {
+            return Poll::Ready(());
+        }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    pub fn pop(&self) -> Option<Reply> {
+        self.st.borrow_mut().q.pop_front()
+    }
+
+    /// The session is gone: drop what is queued and whatever arrives later.
+    pub fn close(&self) {
+        let mut st = self.st.borrow_mut();
+        st.closed = true;
+        st.q.clear();
+        st.waker = None;
+    }
+}
+
+/// How a link is used.
+#[derive(Clone)]
+pub enum LinkKind {
+    /// Shared by the worker's sessions: replies matched to requests in order, reply timeout
+    /// on (checked by the worker's tick).
+    Shared,
+    /// Owned by one session (transactions, blocking commands): replies matched in order, no
+    /// reply timeout (a BLPOP may wait forever), closed as soon as the owner lets go, even
+    /// with a request in flight.
+    Dedicated,
+    /// Owned by one session for pub/sub: every frame the node sends is delivered with `tag`
+    /// to `to`; requests get no reply of their own. When the connection ends, `to` gets one
+    /// `Err(Lost)` with the tag (unless the owner closed it).
+    Stream { tag: u64, to: Rc<Inbox> },
+}
+
+/// Why a link ended.
+#[derive(Debug)]
+enum End {
+    /// Closed on purpose: idle and retired, or its owner let go.
+    Idle,
+    ConnectFailed(String),
+    Broken(String),
+    Timeout,
+}
+
+struct Waiter {
+    /// `None` for replies nobody waits for (our own `ASKING`, silent requests).
+    to: Option<Rc<Inbox>>,
+    tag: u64,
+    /// Stream offset just past this request's bytes: written completely once `written`
+    /// reaches it.
+    end: u64,
+    sent: Instant,
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Up,
+    Closed,
+}
+
+struct State {
+    wbuf: BytesMut,
+    appended: u64,
+    written: u64,
+    waiting: VecDeque<Waiter>,
+    /// The link's task, while it is parked.
+    waker: Option<Waker>,
+    phase: Phase,
+    /// Shared: out of the worker's table, close once idle. Owned: the owner let go.
+    retired: bool,
+    timed_out: bool,
+    stats: LinkStats,
+}
+
+/// One connection to one node inside one worker.
+pub struct Link {
+    pub node: Arc<Node>,
+    proto: Proto,
+    kind: LinkKind,
+    st: RefCell<State>,
+}
+
+impl Link {
+    /// Opens a link; its task runs on the current worker (a `LocalSet`).
+    pub fn open(node: Arc<Node>, proto: Proto, kind: LinkKind) -> Rc<Link> {
+        let stats = LinkStats::new(&node.metrics);
+        let link = Rc::new(Link {
+            node,
+            proto,
+            kind,
+            st: RefCell::new(State {
+                wbuf: BytesMut::new(),
+                appended: 0,
+                written: 0,
+                waiting: VecDeque::new(),
+                waker: None,
+                phase: Phase::Connecting,
+                retired: false,
+                timed_out: false,
+                stats,
+            }),
+        });
+        tokio::task::spawn_local(run(link.clone()));
+        link
+    }
+
+    /// Whether new requests may still be sent here.
+    pub fn is_usable(&self) -> bool {
+        let st = self.st.borrow();
+        st.phase != Phase::Closed && !st.retired
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.st.borrow().phase == Phase::Closed
+    }
+
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    /// Queues `frame` (after `ASKING` when `asking`); its reply goes to `to` with `tag`.
+    #[inline]
+    pub fn send(
+        &self,
+        frame: &[u8],
+        asking: bool,
+        tag: u64,
+        to: &Rc<Inbox>,
+        now: Instant,
+    ) -> Result<(), UpstreamError> {
+        self.queue(frame, asking, Some((tag, to)), now)
+    }
+
+    /// Queues `frame` whose reply nobody waits for (pub/sub commands, a `SCRIPT LOAD` before a
+    /// retried `EVALSHA`).
+    pub fn send_silent(&self, frame: &[u8]) -> Result<(), UpstreamError> {
+        self.queue(frame, false, None, Instant::now())
+    }
+
+    fn queue(
+        &self,
+        frame: &[u8],
+        asking: bool,
+        to: Option<(u64, &Rc<Inbox>)>,
+        now: Instant,
+    ) -> Result<(), UpstreamError> {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            if st.phase == Phase::Closed || st.retired {
+                return Err(UpstreamError::NotSent);
+            }
+            let stream = matches!(self.kind, LinkKind::Stream { .. });
+            if asking {
+                st.wbuf.extend_from_slice(ASKING);
+                st.appended += ASKING.len() as u64;
+                let end = st.appended;
+                st.waiting.push_back(Waiter {
+                    to: None,
+                    tag: 0,
+                    end,
+                    sent: now,
+                });
+            }
+            st.wbuf.extend_from_slice(frame);
+            st.appended += frame.len() as u64;
+            st.stats.requests += 1;
+            if !stream {
+                let end = st.appended;
+                let (tag, to) = match to {
+                    Some((tag, to)) => (tag, Some(to.clone())),
+                    None => (0, None),
+                };
+                st.waiting.push_back(Waiter {
+                    to,
+                    tag,
+                    end,
+                    sent: now,
+                });
+            }
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Closes the link once it is idle (shared) or at once (owned); no new requests.
+    pub fn retire(&self) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            st.retired = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The worker's tick: drops a shared link whose oldest request waited longer than `limit`
+    /// (a hung node), and flushes its metric counts.
+    pub fn tick(&self, now: Instant, limit: Duration) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            st.stats.flush();
+            let late = st
+                .waiting
+                .front()
+                .is_some_and(|w| now.saturating_duration_since(w.sent) >= limit);
+            if !(late && matches!(self.kind, LinkKind::Shared) && st.phase == Phase::Up) {
+                return;
+            }
+            st.timed_out = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn drive(&self, cx: &mut Context<'_>, io: &mut Io) -> Poll<End> {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let mut reads = 0;
+        loop {
+            if st.timed_out {
+                return Poll::Ready(End::Timeout);
+            }
+            if st.retired
+                && (!matches!(self.kind, LinkKind::Shared)
+                    || (st.waiting.is_empty() && st.wbuf.is_empty()))
+            {
+                return Poll::Ready(End::Idle);
+            }
+            let mut progress = false;
+            while !st.wbuf.is_empty() {
+                match io.stream.try_write(&st.wbuf) {
+                    Ok(n) => {
+                        st.wbuf.advance(n);
+                        st.written += n as u64;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        if io.stream.poll_write_ready(cx).is_pending() {
+                            break;
+                        }
+                    }
+                    Err(e) => return Poll::Ready(End::Broken(e.to_string())),
+                }
+            }
+            if st.wbuf.is_empty() && st.wbuf.capacity() > 1 << 20 {
+                st.wbuf = BytesMut::new();
+            }
+            if reads < MAX_READS_PER_TURN {
+                if io.rbuf.capacity() - io.rbuf.len() < READ_CHUNK / 4 {
+                    io.rbuf.reserve(READ_CHUNK);
+                }
+                match io.stream.try_read_buf(&mut io.rbuf) {
+                    Ok(0) => return Poll::Ready(End::Broken("closed by peer".into())),
+                    Ok(_) => {
+                        reads += 1;
+                        progress = true;
+                        if let Err(e) = self.dispatch(st, io) {
+                            return Poll::Ready(End::Broken(e));
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        if io.stream.poll_read_ready(cx).is_ready() {
+                            progress = true;
+                        }
+                    }
+                    Err(e) => return Poll::Ready(End::Broken(e.to_string())),
+                }
+            } else {
+                // Plenty read this turn: let the sessions just woken run, then come back.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if !progress {
+                if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Hands every complete reply in the read buffer to the session waiting for it.
+    fn dispatch(&self, st: &mut State, io: &mut Io) -> Result<(), String> {
+        let now = Instant::now();
+        loop {
+            match io.scanner.scan(&io.rbuf) {
+                Ok(Some(len)) => {
+                    let frame = io.rbuf.split_to(len).freeze();
+                    if let LinkKind::Stream { tag, to } = &self.kind {
+                        to.push(Reply {
+                            tag: *tag,
+                            result: Ok(frame),
+                        });
+                        continue;
+                    }
+                    if frame.first() == Some(&b'>') {
+                        // An out-of-band push: no subscriptions live on these connections.
+                        continue;
+                    }
+                    let Some(w) = st.waiting.pop_front() else {
+                        return Err("reply without a request".into());
+                    };
+                    st.stats
+                        .reply(&frame, now.saturating_duration_since(w.sent));
+                    if let Some(to) = w.to {
+                        to.push(Reply {
+                            tag: w.tag,
+                            result: Ok(frame),
+                        });
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("bad reply: {e}")),
+            }
+        }
+        if io.rbuf.is_empty() && io.rbuf.capacity() > 1 << 20 {
+            io.rbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        Ok(())
+    }
+
+    /// Fails everything still waiting, and tells the node and the refresher why.
+    fn close(&self, end: End) {
+        let (waiting, written, retired) = {
+            let mut st = self.st.borrow_mut();
+            st.phase = Phase::Closed;
+            st.wbuf = BytesMut::new();
+            st.waker = None;
+            st.stats.flush();
+            (std::mem::take(&mut st.waiting), st.written, st.retired)
+        };
+        let after_write = match end {
+            End::Timeout => UpstreamError::Timeout,
+            _ => UpstreamError::Lost,
+        };
+        for w in waiting {
+            if let Some(to) = w.to {
+                let e = if w.end <= written {
+                    after_write
+                } else {
+                    UpstreamError::NotSent
+                };
+                to.push(Reply {
+                    tag: w.tag,
+                    result: Err(e),
+                });
+            }
+        }
+        if let LinkKind::Stream { tag, to } = &self.kind {
+            if !retired {
+                to.push(Reply {
+                    tag: *tag,
+                    result: Err(UpstreamError::Lost),
+                });
+            }
+        }
+        let node = &self.node;
+        let gauge = self.gauge();
+        match end {
+            End::Idle => gauge.dec(),
+            End::ConnectFailed(e) => {
+                node.health().failed();
+                tracing::warn!(node = %node.addr, error = %e, "backend connect failed");
+                node.report_failure();
+            }
+            End::Broken(e) => {
+                gauge.dec();
+                tracing::warn!(node = %node.addr, error = %e, "backend connection broken");
+                node.report_failure();
+            }
+            End::Timeout => {
+                gauge.dec();
+                tracing::warn!(node = %node.addr, "backend reply timeout; connection dropped");
+                node.report_failure();
+            }
+        }
+    }
+
+    fn gauge(&self) -> &prometheus::IntGauge {
+        match self.kind {
+            LinkKind::Shared => &self.node.metrics.shared,
+            LinkKind::Dedicated => &self.node.metrics.dedicated,
+            LinkKind::Stream { .. } => &self.node.metrics.pubsub,
+        }
+    }
+}
+
+struct Io {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    scanner: ReplyScanner,
+}
+
+async fn run(link: Rc<Link>) {
+    let end = match connect(&link.node.addr, link.proto, link.node.settings()).await {
+        Ok(stream) => {
+            link.gauge().inc();
+            if link.node.health().failures() > 0 {
+                tracing::info!(node = %link.node.addr, "backend reachable again");
+            }
+            link.node.health().connected();
+            link.st.borrow_mut().phase = Phase::Up;
+            let mut io = Io {
+                stream,
+                rbuf: BytesMut::new(),
+                scanner: ReplyScanner::new(),
+            };
+            poll_fn(|cx| link.drive(cx, &mut io)).await
+        }
+        Err(e) => End::ConnectFailed(e),
+    };
+    link.close(end);
+}
+
+/// A link owned by one session (dedicated or pub/sub): closes when dropped.
+pub struct OwnedLink(Rc<Link>);
+
+impl OwnedLink {
+    pub fn open(node: Arc<Node>, proto: Proto, kind: LinkKind) -> OwnedLink {
+        OwnedLink(Link::open(node, proto, kind))
+    }
+
+    pub fn link(&self) -> &Rc<Link> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for OwnedLink {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.0
+    }
+}
+
+impl Drop for OwnedLink {
+    fn drop(&mut self) {
+        self.0.retire();
+    }
+}
+
+/// Per-link metric counts, flushed by the worker's tick (no shared atomics per reply).
+struct LinkStats {
+    m: NodeMetrics,
+    hist: prometheus::local::LocalHistogram,
+    requests: u64,
+    errors: u64,
+}
+
+impl LinkStats {
+    fn new(m: &NodeMetrics) -> Self {
+        LinkStats {
+            hist: m.latency.local(),
+            m: m.clone(),
+            requests: 0,
+            errors: 0,
+        }
+    }
+
+    #[inline]
+    fn reply(&mut self, frame: &Bytes, took: Duration) {
+        if frame.first() == Some(&b'-') {
+            self.errors += 1;
+        }
+        self.hist.observe(took.as_secs_f64());
+    }
+
+    fn flush(&mut self) {
+        if self.requests > 0 {
+            self.m.requests.inc_by(std::mem::take(&mut self.requests));
+        }
+        if self.errors > 0 {
+            self.m.errors.inc_by(std::mem::take(&mut self.errors));
+        }
+        self.hist.flush();
+    }
+}

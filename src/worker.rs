@@ -1,0 +1,284 @@
+//! Shared-nothing workers: each one an OS thread with a current-thread Tokio runtime that owns
+//! its client sessions and its own connections to every node.
+//!
+//! Owns: starting and stopping the worker threads, placing each accepted client on the least
+//! loaded worker, and inside a worker the table of its shared backend links (indexed by node
+//! id, protocol and lane: no lock, no hashing, no atomic per request), the tick that drops hung
+//! or forgotten links and flushes their metrics, and the per-worker filter that keeps EVAL from
+//! locking the shared script store for scripts it has already seen.
+//! Must not: route or parse (sessions do), or let anything on the request path cross threads:
+//! the only shared structures a request touches are read-only (configuration, the topology
+//! snapshot).
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::resp::write::Proto;
+use crate::session::Session;
+use crate::shared::{Permit, Shared};
+use crate::upstream::{Link, LinkKind, Node, OwnedLink, UpstreamError};
+
+/// How often a worker checks its links for hung nodes and flushes their metrics.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One worker's state, shared (`Rc`) by its sessions.
+pub struct Worker {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    lanes: usize,
+    links: RefCell<Vec<Option<Rc<Link>>>>,
+    /// Links taken out of the table (their node was forgotten) that still wait for replies:
+    /// ticked for the reply timeout until they end.
+    retiring: RefCell<Vec<Rc<Link>>>,
+    /// Fast hashes of script bodies this worker has put in the shared store, and the store's
+    /// eviction count when the set was last valid.
+    scripts_seen: RefCell<(u64, HashSet<u64>)>,
+}
+
+impl Worker {
+    fn new(index: usize, shared: Arc<Shared>) -> Worker {
+        Worker {
+            index,
+            lanes: usize::from(shared.config.backend_connections.max(1)),
+            shared,
+            links: RefCell::new(Vec::new()),
+            retiring: RefCell::new(Vec::new()),
+            scripts_seen: RefCell::new((0, HashSet::new())),
+        }
+    }
+
+    /// A test worker on the current thread (must run inside a `LocalSet`).
+    pub fn for_tests(shared: Arc<Shared>) -> Rc<Worker> {
+        let w = Rc::new(Worker::new(0, shared));
+        tokio::task::spawn_local(w.clone().tick_loop());
+        w
+    }
+
+    /// This worker's shared link `lane` to `node` for protocol `proto`, opened if needed.
+    /// `NotSent` when the node is in connect backoff.
+    #[inline]
+    pub fn link(
+        &self,
+        node: &Arc<Node>,
+        proto: Proto,
+        lane: usize,
+    ) -> Result<Rc<Link>, UpstreamError> {
+        let i = (node.id * 2 + proto.index()) * self.lanes + lane % self.lanes;
+        if let Some(Some(l)) = self.links.borrow().get(i) {
+            if Arc::ptr_eq(&l.node, node) && l.is_usable() {
+                return Ok(l.clone());
+            }
+        }
+        self.open_shared(i, node, proto)
+    }
+
+    #[cold]
+    fn open_shared(
+        &self,
+        i: usize,
+        node: &Arc<Node>,
+        proto: Proto,
+    ) -> Result<Rc<Link>, UpstreamError> {
+        if node.health().in_backoff() {
+            return Err(UpstreamError::NotSent);
+        }
+        let fresh = Link::open(node.clone(), proto, LinkKind::Shared);
+        let mut links = self.links.borrow_mut();
+        if links.len() <= i {
+            links.resize(i + 1, None);
+        }
+        if let Some(old) = links[i].replace(fresh.clone()) {
+            old.retire();
+            if !old.is_closed() {
+                self.retiring.borrow_mut().push(old);
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// A link of the caller's own (transactions, blocking commands, pub/sub); closed when the
+    /// handle is dropped. `None` when the node is in connect backoff.
+    pub fn owned(&self, node: &Arc<Node>, proto: Proto, kind: LinkKind) -> Option<OwnedLink> {
+        if node.health().in_backoff() {
+            return None;
+        }
+        Some(OwnedLink::open(node.clone(), proto, kind))
+    }
+
+    /// Puts a script body in the shared store unless this worker already did: one hash per
+    /// EVAL instead of a SHA1 and a lock.
+    pub fn remember_script(&self, body: &[u8]) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        let key = h.finish();
+        let evictions = self.shared.scripts.evictions.load(Ordering::Relaxed);
+        let mut seen = self.scripts_seen.borrow_mut();
+        if seen.0 != evictions || seen.1.len() >= 100_000 {
+            // The store forgot something: this worker may have to remember it again.
+            seen.1.clear();
+            seen.0 = evictions;
+        }
+        if seen.1.insert(key) {
+            self.shared.scripts.remember(body);
+        }
+    }
+
+    async fn tick_loop(self: Rc<Self>) {
+        let mut every = tokio::time::interval(TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = Instant::now();
+            let limit = self.shared.config.backend_timeout;
+            let mut retiring = self.retiring.borrow_mut();
+            retiring.retain(|l| {
+                l.tick(now, limit);
+                !l.is_closed()
+            });
+            let mut links = self.links.borrow_mut();
+            for slot in links.iter_mut() {
+                let Some(l) = slot else { continue };
+                if l.node.is_forgotten() || !l.is_usable() {
+                    l.retire();
+                    if !l.is_closed() {
+                        retiring.push(l.clone());
+                    }
+                    *slot = None;
+                    continue;
+                }
+                l.tick(now, limit);
+            }
+        }
+    }
+}
+
+/// An accepted client on its way to a worker.
+pub struct Incoming {
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+    pub permit: Permit,
+}
+
+struct Handle {
+    tx: mpsc::UnboundedSender<Incoming>,
+    load: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The worker threads, as the acceptor sees them.
+pub struct Workers {
+    handles: Vec<Handle>,
+}
+
+/// The default number of workers: one per core.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Workers {
+    /// Starts `n` workers; sessions watch `stop` to begin draining.
+    pub fn start(
+        shared: &Arc<Shared>,
+        n: usize,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<Workers> {
+        let mut handles = Vec::new();
+        for index in 0..n.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let load = Arc::new(AtomicUsize::new(0));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (sh, ld, st) = (shared.clone(), load.clone(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("slotmux-w{index}"))
+                .spawn(move || {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, worker_main(index, sh, rx, ld, st));
+                })?;
+            handles.push(Handle {
+                tx,
+                load,
+                thread: Some(thread),
+            });
+        }
+        Ok(Workers { handles })
+    }
+
+    /// Hands a client to the worker with the fewest clients (kernel hashing of
+    /// SO_REUSEPORT skews workers; a count does not).
+    pub fn hand_over(&self, mut inc: Incoming) {
+        let mut order: Vec<&Handle> = self.handles.iter().collect();
+        order.sort_by_key(|h| h.load.load(Ordering::Relaxed));
+        for h in order {
+            match h.tx.send(inc) {
+                Ok(()) => return,
+                Err(e) => inc = e.0,
+            }
+        }
+        tracing::error!(client = %inc.peer, "no worker left to serve the client");
+    }
+
+    /// Stops the workers (their remaining sessions are dropped) and waits for their threads.
+    pub async fn stop(mut self) {
+        let threads: Vec<_> = self
+            .handles
+            .iter_mut()
+            .filter_map(|h| h.thread.take())
+            .collect();
+        self.handles.clear();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Decrements a worker's client count however its session ends.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn worker_main(
+    index: usize,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Incoming>,
+    load: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+) {
+    let worker = Rc::new(Worker::new(index, shared));
+    tokio::task::spawn_local(worker.clone().tick_loop());
+    while let Some(inc) = rx.recv().await {
+        let stream = match tokio::net::TcpStream::from_std(inc.stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client = %inc.peer, error = %e, "cannot register client socket");
+                continue;
+            }
+        };
+        load.fetch_add(1, Ordering::Relaxed);
+        let guard = LoadGuard(load.clone());
+        let (w, stop, permit) = (worker.clone(), stop.clone(), inc.permit);
+        tokio::task::spawn_local(async move {
+            Session::run(w, stream, inc.peer, stop).await;
+            drop(permit);
+            drop(guard);
+        });
+    }
+}
