@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 ensure_redis
 ensure_cargo
+# The benches' end-to-end allocation count needs a real redis-server: here it must not skip.
+export SLOTMUX_REQUIRE_REDIS=1
 
 # redis-py with its default settings (RESP3 via HELLO 3) is one of the clients we test.
 if ! python3 -c 'import redis' >/dev/null 2>&1; then

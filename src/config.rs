@@ -124,13 +124,46 @@ pub struct Config {
     pub threads: Option<usize>,
 }
 
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// From the command line or the environment; also `--help` and `--version`, which clap
+    /// reports as errors but are not (its `exit()` prints them to stdout with status 0).
+    Args(clap::Error),
+    /// From the `--config` file.
+    File(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Args(e) => write!(f, "{e}"),
+            ConfigError::File(e) => f.write_str(e),
+        }
+    }
+}
+
+impl ConfigError {
+    /// Prints the error (or the help/version text) and exits with clap's status: 0 for
+    /// `--help`/`--version`, 2 for bad settings.
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Args(e) => e.exit(),
+            ConfigError::File(e) => {
+                eprintln!("{e}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
 impl Config {
     /// Parses flags, environment and the optional `--config` file, with that precedence.
-    pub fn load() -> Result<Config, String> {
+    pub fn load() -> Result<Config, ConfigError> {
         Self::load_from(std::env::args().collect())
     }
 
-    pub fn load_from(args: Vec<String>) -> Result<Config, String> {
+    pub fn load_from(args: Vec<String>) -> Result<Config, ConfigError> {
         // Find --config before full parsing: required settings may live in the file.
         let from_flag = args.iter().enumerate().find_map(|(i, a)| {
             a.strip_prefix("--config=").map(String::from).or_else(|| {
@@ -143,16 +176,16 @@ impl Config {
             .or_else(|| std::env::var("SLOTMUX_CONFIG").ok())
             .filter(|p| !p.is_empty());
         let Some(path) = path.map(std::path::PathBuf::from) else {
-            return Config::try_parse_from(&args).map_err(|e| e.to_string());
+            return Config::try_parse_from(&args).map_err(ConfigError::Args);
         };
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("--config {}: {e}", path.display()))?;
-        let from_file =
-            file_args(&text, &args).map_err(|e| format!("--config {}: {e}", path.display()))?;
+            .map_err(|e| ConfigError::File(format!("--config {}: {e}", path.display())))?;
+        let from_file = file_args(&text, &args)
+            .map_err(|e| ConfigError::File(format!("--config {}: {e}", path.display())))?;
         let mut merged = vec![args.first().cloned().unwrap_or_else(|| "slotmux".into())];
         merged.extend(from_file);
         merged.extend(args.into_iter().skip(1));
-        Config::try_parse_from(merged).map_err(|e| e.to_string())
+        Config::try_parse_from(merged).map_err(ConfigError::Args)
     }
 
     /// The settings as one log line, secrets masked.
@@ -323,10 +356,14 @@ mod tests {
         assert_eq!(c.maxclients, 5, "the flag wins over the file");
         assert_eq!(c.listen, "0.0.0.0:7777");
         std::fs::write(&path, "no_such = 1\n").unwrap();
-        let e = Config::load_from(args(&["--seeds", "x:1"])).unwrap_err();
+        let e = Config::load_from(args(&["--seeds", "x:1"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown setting 'no_such'"), "{e}");
         std::fs::write(&path, "backend_timeout = \"fast\"\n").unwrap();
-        let e = Config::load_from(args(&["--seeds", "x:1"])).unwrap_err();
+        let e = Config::load_from(args(&["--seeds", "x:1"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--backend-timeout"),
             "the error names the setting: {e}"

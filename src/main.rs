@@ -6,10 +6,7 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let config = match Config::load() {
         Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            std::process::exit(2);
-        }
+        Err(e) => e.exit(),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

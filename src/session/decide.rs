@@ -190,6 +190,15 @@ mod tests {
         let mut spent = facts(false);
         spent.redirects = 16;
         assert!(matches!(decide(&spent, &moved, &node()), Action::Finish));
+        // The largest cap still ends a MOVED loop (the count saturates instead of wrapping).
+        spent.max_redirects = u8::MAX;
+        spent.redirects = u8::MAX - 1;
+        assert!(matches!(
+            decide(&spent, &moved, &node()),
+            Action::Follow { .. }
+        ));
+        spent.redirects = spent.redirects.saturating_add(1).saturating_add(1);
+        assert!(matches!(decide(&spent, &moved, &node()), Action::Finish));
         // A bulk string that reads like a redirect is user data.
         let data = ok(b"$22\r\nMOVED 1 127.0.0.1:6381\r\n");
         assert!(matches!(

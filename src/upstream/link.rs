@@ -16,12 +16,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::io::ErrorKind;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -309,48 +310,50 @@ impl Link {
                 return Poll::Ready(End::Idle);
             }
             let mut progress = false;
+            // Through `poll_write`/`poll_read`, not `try_*`: on a partial write or read Tokio
+            // knows the socket is full or drained and skips the system call that would only
+            // say "would block".
             while !st.wbuf.is_empty() {
-                match io.stream.try_write(&st.wbuf) {
-                    Ok(n) => {
+                match Pin::new(&mut io.stream).poll_write(cx, &st.wbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(End::Broken("write returned 0".into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
                         st.wbuf.advance(n);
                         st.written += n as u64;
                         progress = true;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        if io.stream.poll_write_ready(cx).is_pending() {
-                            break;
-                        }
-                    }
-                    Err(e) => return Poll::Ready(End::Broken(e.to_string())),
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Broken(e.to_string())),
+                    Poll::Pending => break,
                 }
             }
             if st.wbuf.is_empty() && st.wbuf.capacity() > 1 << 20 {
                 st.wbuf = BytesMut::new();
             }
-            if reads < MAX_READS_PER_TURN {
-                if io.rbuf.capacity() - io.rbuf.len() < READ_CHUNK / 4 {
-                    io.rbuf.reserve(READ_CHUNK);
-                }
-                match io.stream.try_read_buf(&mut io.rbuf) {
-                    Ok(0) => return Poll::Ready(End::Broken("closed by peer".into())),
-                    Ok(_) => {
-                        reads += 1;
-                        progress = true;
-                        if let Err(e) = self.dispatch(st, io) {
-                            return Poll::Ready(End::Broken(e));
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        if io.stream.poll_read_ready(cx).is_ready() {
-                            progress = true;
-                        }
-                    }
-                    Err(e) => return Poll::Ready(End::Broken(e.to_string())),
-                }
-            } else {
+            if reads >= MAX_READS_PER_TURN {
                 // Plenty read this turn: let the sessions just woken run, then come back.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
+            }
+            if io.rbuf.capacity() - io.rbuf.len() < READ_CHUNK / 4 {
+                io.rbuf.reserve(READ_CHUNK);
+            }
+            let read = {
+                let fut = io.stream.read_buf(&mut io.rbuf);
+                tokio::pin!(fut);
+                fut.poll(cx)
+            };
+            match read {
+                Poll::Ready(Ok(0)) => return Poll::Ready(End::Broken("closed by peer".into())),
+                Poll::Ready(Ok(_)) => {
+                    reads += 1;
+                    progress = true;
+                    if let Err(e) = self.dispatch(st, io) {
+                        return Poll::Ready(End::Broken(e));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Broken(e.to_string())),
+                Poll::Pending => {}
             }
             if !progress {
                 if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
