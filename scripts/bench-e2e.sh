@@ -1,25 +1,68 @@
 #!/usr/bin/env bash
 # End-to-end load benchmark (issue 7): redis-benchmark with one client shape against
-#   slotmux      - the release build in front of a local 6-node cluster (3 masters + 3 replicas)
+#   slotmux      - the release build in front of a local 6-node cluster (3 masters + 3 replicas);
+#                  or several builds side by side (VARIANTS, below), one target row each
 #   cluster      - the same cluster directly, with `redis-benchmark --cluster` (the reference)
 #   standalone   - one plain redis-server (one hop: the physical limit)
 #   twemproxy    - nutcracker in front of 3 plain redis-servers (the classic one-hop proxy)
+#   predixy      - predixy (C++ Redis Cluster proxy, 1 worker thread) in front of the same cluster,
+#                  when PREDIXY_BIN names a binary (the row is skipped otherwise)
 # Tests: SET and GET (random keys, -r 100000), and MGET of 10 keys sharing the hashtag {tag};
 # each at pipeline 1 and 16, 50 clients, --threads 2. Targets are interleaved (the order
 # rotates every repetition) and every cell is repeated REPS times; the report gives medians.
-# Also measured: CPU seconds of slotmux and nutcracker per request (/proc/PID/stat), slotmux's
-# resident memory under the 50-client load and with IDLE_CLIENTS idle connections (and
-# nutcracker's, for comparison).
+# Also measured: CPU seconds of every proxy (each slotmux variant, nutcracker, predixy) per
+# request (/proc/PID/stat), their resident memory under the 50-client load and with
+# IDLE_CLIENTS idle connections, system calls per request (perf), and how many backend
+# commands one client MGET becomes.
 #
-# Usage:   scripts/bench-e2e.sh              (about 9 minutes on 2 cores)
+# Pinned cores (PINNED=1, the default on machines with 2+ CPUs and taskset): after all the
+# other runs, the cluster's redis-servers are pinned to CPU 0 (`taskset -a -p -c 0` on their
+# PIDs) and every proxy on the cluster (each slotmux variant, predixy) is started afresh under
+# `taskset -c 1`; redis-benchmark runs under `taskset -c 0` with `--threads 1` (it has one core).
+# SET and GET at P1 and P16 are then measured against these proxies and against the direct
+# cluster on CPU 0 alone (the reference of that table): what a sidecar with a core of its own
+# gets. The pinned runs come last, interleaved among themselves (rotating order, REPS
+# repetitions), so no other row runs with pinned nodes; the nodes' affinities are restored
+# afterwards. A slotmux variant without --threads sees one CPU under taskset and starts one
+# worker thread.
+#
+# Usage:   scripts/bench-e2e.sh              (about 9 minutes on 2 cores with one slotmux;
+#                                             about 15 with 2 variants, predixy and pinned rows)
 #          QUICK=1 scripts/bench-e2e.sh      (smoke run: 1 repetition, ~1.5 s runs, 2,000 idle
-#                                             clients, about 1.5 minutes)
+#                                             clients; about 3 minutes with 2 variants + predixy)
+# Paired A/B of two builds (same cluster, interleaved, one row each, plus a table of the
+# per-repetition ratios of each variant to the first one):
+#          SKIP_BUILD=1 VARIANTS="main=/work/baseline/slotmux-9958f7a new=target/release/slotmux" \
+#            PREDIXY_BIN=/work/peers/predixy/predixy scripts/bench-e2e.sh
 # Knobs:   REPS=3 DUR=5 (target seconds per run) IDLE_CLIENTS=10000 SKIP_BUILD=1
 #          SYSCALLS=0 (skip counting system calls with perf) BASE_PORT=7300 OUT=target/bench-e2e
 #          WRITE_DOCS=1 (rewrite the generated section of
 #          docs/BENCHMARKS.md between its e2e markers) KEEP=1 (keep the temp dir with logs)
+#          VARIANTS="NAME=BINARY[@ARG[@ARG...]] ..." slotmux builds to compare, space-separated;
+#            NAME is [A-Za-z0-9_.-]+ (not cluster/standalone/twemproxy/predixy), BINARY is
+#            absolute or relative to the repository, and every `@ARG` is one extra slotmux
+#            argument, e.g. `one=target/release/slotmux@--threads=1` or
+#            `b1=/tmp/slotmux@--backend-connections@1`. At most 10. Unset: one target named
+#            `slotmux` running target/release/slotmux (built unless SKIP_BUILD=1; with
+#            VARIANTS, cargo builds only when a variant uses target/release/slotmux).
+#          PREDIXY_BIN=/path/to/predixy (unset or not executable: no predixy row)
+#          PINNED=0 (skip the pinned-core runs) PIN_PROXY_CPU=1 PIN_LOAD_CPU=0
+# Ports (from the first free block at BASE_PORT): cluster +0..+5, standalone +10,
+#          twemproxy's servers +11..+13, twemproxy +20 (stats +21), predixy +22 (pinned +23),
+#          slotmux variants +30.. (pinned +40..).
 # Needs: redis-server/redis-benchmark 7 (installed with apt-get when root), nutcracker
-#        (apt-get install -y nutcracker when root), python3, cargo.
+#        (apt-get install -y nutcracker when root), python3, cargo (unless SKIP_BUILD=1),
+#        taskset (util-linux) for the pinned runs, perf for the system call counts.
+#
+# Building predixy by hand (outside this repository; the script only takes PREDIXY_BIN).
+# predixy 1.0.5 (github.com/joyieldInc/predixy, commit ca1630a) needs `-include ctime` with
+# g++ 12, whose headers no longer pull in <ctime> through <string>:
+#   git clone https://github.com/joyieldInc/predixy /work/peers/predixy-src
+#   make -C /work/peers/predixy-src -j2 LVL="-g -O3 -include ctime"
+#   mkdir -p /work/peers/predixy && cp /work/peers/predixy-src/src/predixy /work/peers/predixy/
+# The script writes predixy's configuration itself: `WorkerThreads 1`, a ClusterServerPool
+# seeded with the first two cluster nodes, reads from masters only, no client timeout,
+# warnings and errors logged to a file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -41,14 +84,60 @@ KEYSPACE=100000
 OUT=${OUT:-target/bench-e2e}
 WRITE_DOCS=${WRITE_DOCS:-0}
 BIN=$PWD/target/release/slotmux
+PIN_PROXY_CPU=${PIN_PROXY_CPU:-1}
+PIN_LOAD_CPU=${PIN_LOAD_CPU:-0}
+PIN_THREADS=1
 
 log() { echo "[bench-e2e $(date +%T)] $*" >&2; }
+die() { echo "bench-e2e: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Targets: slotmux variants (VARIANTS), predixy (PREDIXY_BIN)
+
+V_NAMES=() # variant names, in VARIANTS order
+V_BINS=()  # their binaries (absolute paths)
+V_ARGS=()  # their extra arguments, '@'-separated
+if [ -n "${VARIANTS:-}" ]; then
+  read -ra entries <<<"$VARIANTS"
+  for e in "${entries[@]}"; do
+    case $e in *=?*) ;; *) die "VARIANTS entry '$e' is not NAME=BINARY[@ARG...]" ;; esac
+    name=${e%%=*}
+    rest=${e#*=}
+    bin=${rest%%@*}
+    extra=""
+    case $rest in *@*) extra=${rest#*@} ;; esac
+    [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || die "VARIANTS: bad name '$name' (use [A-Za-z0-9_.-])"
+    case $name in cluster | standalone | twemproxy | predixy) die "VARIANTS: '$name' is a reserved target name" ;; esac
+    for other in "${V_NAMES[@]}"; do
+      [ "$other" != "$name" ] || die "VARIANTS: name '$name' given twice"
+    done
+    case $bin in /*) ;; *) bin=$PWD/$bin ;; esac
+    V_NAMES+=("$name")
+    V_BINS+=("$bin")
+    V_ARGS+=("$extra")
+  done
+  [ "${#V_NAMES[@]}" -ge 1 ] || die "VARIANTS is empty"
+  [ "${#V_NAMES[@]}" -le 10 ] || die "VARIANTS: at most 10 variants"
+else
+  V_NAMES=(slotmux)
+  V_BINS=("$BIN")
+  V_ARGS=("")
+fi
+
+HAVE_PREDIXY=0
+if [ -n "${PREDIXY_BIN:-}" ] && [ -x "${PREDIXY_BIN:-}" ]; then
+  case $PREDIXY_BIN in /*) ;; *) PREDIXY_BIN=$PWD/$PREDIXY_BIN ;; esac
+  HAVE_PREDIXY=1
+elif [ -n "${PREDIXY_BIN:-}" ]; then
+  log "PREDIXY_BIN=$PREDIXY_BIN is not an executable file: skipping the predixy row"
+else
+  log "PREDIXY_BIN is not set: skipping the predixy row"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Tools
 
 ensure_redis
-ensure_cargo
 if ! command -v redis-benchmark >/dev/null 2>&1; then
   echo "redis-benchmark is missing (Debian: apt-get install -y redis-tools)" >&2
   exit 1
@@ -65,13 +154,32 @@ if ! command -v nutcracker >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || { echo "python3 is missing" >&2; exit 1; }
 
+NEED_BUILD=0
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  for b in "${V_BINS[@]}"; do [ "$b" = "$BIN" ] && NEED_BUILD=1; done
+fi
+if [ "$NEED_BUILD" = 1 ]; then
+  ensure_cargo
   log "cargo build --release --bin slotmux"
   cargo build --release --bin slotmux
 fi
-[ -x "$BIN" ] || { echo "$BIN is missing" >&2; exit 1; }
+for b in "${V_BINS[@]}"; do
+  [ -x "$b" ] || { echo "$b is missing" >&2; exit 1; }
+done
 
-# 10,000 idle clients need more than 10,000 descriptors, in slotmux and in the client script.
+PINNED=${PINNED:-1}
+if [ "$PINNED" = 1 ]; then
+  if ! command -v taskset >/dev/null 2>&1; then
+    log "taskset is missing (util-linux): skipping the pinned-core runs"
+    PINNED=0
+  elif [ "$(nproc)" -lt 2 ] || [ "$PIN_PROXY_CPU" = "$PIN_LOAD_CPU" ] ||
+    ! taskset -c "$PIN_PROXY_CPU" true 2>/dev/null || ! taskset -c "$PIN_LOAD_CPU" true 2>/dev/null; then
+    log "CPUs $PIN_LOAD_CPU and $PIN_PROXY_CPU are not both usable: skipping the pinned-core runs"
+    PINNED=0
+  fi
+fi
+
+# 10,000 idle clients need more than 10,000 descriptors, in the proxies and in the client script.
 hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
 ulimit -n "$hard"
@@ -85,12 +193,12 @@ fi
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# A base port with 40 free ports from it (and the cluster bus ports, +10000).
+# A base port with 50 free ports from it (and the cluster bus ports, +10000).
 pick_base() {
   local base=$1 p ok
   while [ "$base" -lt 60000 ]; do
     ok=1
-    for p in $(seq "$base" $((base + 39))); do
+    for p in $(seq "$base" $((base + 49))); do
       if port_busy "$p" || port_busy $((p + 10000)); then ok=0; break; fi
     done
     if [ "$ok" = 1 ]; then echo "$base"; return 0; fi
@@ -105,26 +213,62 @@ STANDALONE_PORT=$((BASE + 10))
 TW_BACKENDS=($((BASE + 11)) $((BASE + 12)) $((BASE + 13)))
 TW_PORT=$((BASE + 20))
 TW_STATS_PORT=$((BASE + 21))
-SLOTMUX_PORT=$((BASE + 30))
+
+# Proxies are keyed PHASE:TARGET, PHASE being `main` (the shared runs) or `pin` (pinned cores).
+declare -A PROXY_PORT PROXY_PID
+PROXY_PORT[main:twemproxy]=$TW_PORT
+PROXY_PORT[main:predixy]=$((BASE + 22))
+PROXY_PORT[pin:predixy]=$((BASE + 23))
+for i in "${!V_NAMES[@]}"; do
+  PROXY_PORT[main:${V_NAMES[$i]}]=$((BASE + 30 + i))
+  PROXY_PORT[pin:${V_NAMES[$i]}]=$((BASE + 40 + i))
+done
+
+TARGETS=("${V_NAMES[@]}" cluster standalone twemproxy) # the shared runs
+PROXIES=("${V_NAMES[@]}" twemproxy)                    # processes measured there
+PIN_TARGETS=("${V_NAMES[@]}" cluster)                  # the pinned runs
+if [ "$HAVE_PREDIXY" = 1 ]; then
+  TARGETS+=(predixy)
+  PROXIES+=(predixy)
+  PIN_TARGETS+=(predixy)
+fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/slotmux-bench.XXXXXX")
-SLOTMUX_PID=""
-TW_PID=""
 BG_PID=""
 
+# alive PID: the process exists and is not a zombie (our exited children are until waited).
+alive() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
 any_alive() {
   local p
-  for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done
+  for p in "$@"; do alive "$p" && return 0; done
   return 1
+}
+
+# stop_proc PID: SIGTERM, wait up to 15 s (slotmux drains in-flight requests), then SIGKILL.
+stop_proc() {
+  local pid=$1 tries=150
+  kill "$pid" 2>/dev/null || true
+  while [ "$tries" -gt 0 ] && alive "$pid"; do
+    sleep 0.1
+    tries=$((tries - 1))
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 
 cleanup() {
   local rc=$?
   set +e
   [ -n "$BG_PID" ] && kill "$BG_PID" 2>/dev/null
-  [ -n "$SLOTMUX_PID" ] && kill "$SLOTMUX_PID" 2>/dev/null
-  [ -n "$TW_PID" ] && kill "$TW_PID" 2>/dev/null
-  local f pids=()
+  local f pid pids=()
+  for pid in "${PROXY_PID[@]}"; do
+    kill "$pid" 2>/dev/null
+    pids+=("$pid")
+  done
   for f in "$TMP"/cluster/*/redis.pid "$TMP"/plain-*/redis.pid; do
     [ -f "$f" ] && pids+=("$(cat "$f")")
   done
@@ -132,14 +276,16 @@ cleanup() {
   for f in "$TMP"/plain-*/redis.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null
   done
-  [ -n "$SLOTMUX_PID" ] && wait "$SLOTMUX_PID" 2>/dev/null
-  [ -n "$TW_PID" ] && wait "$TW_PID" 2>/dev/null
-  # redis-server exits asynchronously after SIGTERM: wait (bounded) so the ports are free again.
-  local tries=50
-  while [ "$tries" -gt 0 ] && any_alive "${pids[@]}"; do
+  # redis-server exits asynchronously after SIGTERM, slotmux after draining: wait (bounded) so
+  # the ports are free again, then SIGKILL whatever is left.
+  local tries=100
+  while [ "$tries" -gt 0 ] && [ "${#pids[@]}" -gt 0 ] && any_alive "${pids[@]}"; do
     sleep 0.1
     tries=$((tries - 1))
   done
+  for pid in "${pids[@]}"; do alive "$pid" && kill -9 "$pid" 2>/dev/null; done
+  for pid in "${PROXY_PID[@]}"; do wait "$pid" 2>/dev/null; done
+  [ -n "$BG_PID" ] && wait "$BG_PID" 2>/dev/null
   if [ "${KEEP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
     echo "logs kept in $TMP" >&2
   else
@@ -158,8 +304,11 @@ start_plain() {
   wait_for 50 redis-cli -p "$port" ping || { echo "redis-server on $port did not start" >&2; return 1; }
 }
 
-log "ports: cluster $CLUSTER_PORT-$((CLUSTER_PORT + 5)), standalone $STANDALONE_PORT," \
-  "twemproxy $TW_PORT -> ${TW_BACKENDS[*]}, slotmux $SLOTMUX_PORT; temp dir $TMP"
+ports_msg="cluster $CLUSTER_PORT-$((CLUSTER_PORT + 5)), standalone $STANDALONE_PORT,"
+ports_msg+=" twemproxy $TW_PORT -> ${TW_BACKENDS[*]}"
+for v in "${V_NAMES[@]}"; do ports_msg+=", $v ${PROXY_PORT[main:$v]}"; done
+if [ "$HAVE_PREDIXY" = 1 ]; then ports_msg+=", predixy ${PROXY_PORT[main:predixy]}"; fi
+log "ports: $ports_msg; temp dir $TMP"
 start_cluster "$TMP/cluster" "$CLUSTER_PORT"
 start_plain "$STANDALONE_PORT"
 for p in "${TW_BACKENDS[@]}"; do start_plain "$p"; done
@@ -181,39 +330,107 @@ bench:
 EOF
 nutcracker -t -c "$TMP/nutcracker.yml" >/dev/null 2>&1 ||
   { nutcracker -t -c "$TMP/nutcracker.yml"; exit 1; }
-start_nutcracker() {
-  nutcracker -c "$TMP/nutcracker.yml" -o "$TMP/nutcracker.log" -v 4 \
-    -s "$TW_STATS_PORT" -a 127.0.0.1 -p "$TMP/nutcracker.pid" &
-  TW_PID=$!
-  wait_for 50 redis-cli -p "$TW_PORT" set bench:probe 1 || { echo "nutcracker did not start" >&2; exit 1; }
+
+if [ "$HAVE_PREDIXY" = 1 ]; then
+  # Notice-level logging would write two lines per client connection; keep warnings/errors.
+  cat >"$TMP/predixy.conf" <<EOF
+Name slotmux-bench
+Bind 127.0.0.1:${PROXY_PORT[main:predixy]}
+WorkerThreads 1
+ClientTimeout 0
+LogVerbSample 0
+LogDebugSample 0
+LogInfoSample 0
+LogNoticeSample 0
+LogWarnSample 1
+LogErrorSample 1
+ClusterServerPool {
+    MasterReadPriority 100
+    StaticSlaveReadPriority 0
+    DynamicSlaveReadPriority 0
+    Servers {
+        + 127.0.0.1:$CLUSTER_PORT
+        + 127.0.0.1:$((CLUSTER_PORT + 1))
+    }
+}
+EOF
+fi
+
+# wait_ready PORT NAME LOG: a SET through the proxy answers OK (it knows the cluster by then).
+wait_ready() {
+  wait_for 100 sh -c "redis-cli -p $1 set bench:probe 1 | grep -q OK" ||
+    { echo "$2 did not start on port $1"; cat "$3"; exit 1; } >&2
 }
 
-start_slotmux() {
-  RUST_LOG=warn "$BIN" --listen "127.0.0.1:$SLOTMUX_PORT" \
-    --seeds "127.0.0.1:$CLUSTER_PORT,127.0.0.1:$((CLUSTER_PORT + 1))" \
-    --metrics-listen off --maxclients 20000 >>"$TMP/slotmux.log" 2>&1 &
-  SLOTMUX_PID=$!
-  wait_for 100 sh -c "redis-cli -p $SLOTMUX_PORT set bench:probe 1 | grep -q OK" ||
-    { echo "slotmux did not start"; cat "$TMP/slotmux.log"; exit 1; } >&2
+# start_proxy PHASE TARGET: starts it (under `taskset -c PIN_PROXY_CPU` when PHASE is pin) and
+# records its PID in PROXY_PID[PHASE:TARGET].
+start_proxy() {
+  local phase=$1 target=$2 port pin=() i extra=() logf
+  port=${PROXY_PORT[$phase:$target]}
+  if [ "$phase" = pin ]; then pin=(taskset -c "$PIN_PROXY_CPU"); fi
+  logf="$TMP/$target-$phase.log"
+  case $target in
+  twemproxy)
+    nutcracker -c "$TMP/nutcracker.yml" -o "$TMP/nutcracker.log" -v 4 \
+      -s "$TW_STATS_PORT" -a 127.0.0.1 -p "$TMP/nutcracker.pid" &
+    PROXY_PID[$phase:$target]=$!
+    logf="$TMP/nutcracker.log"
+    ;;
+  predixy)
+    "${pin[@]}" "$PREDIXY_BIN" "$TMP/predixy.conf" --Bind="127.0.0.1:$port" >>"$logf" 2>&1 &
+    PROXY_PID[$phase:$target]=$!
+    ;;
+  *)
+    for i in "${!V_NAMES[@]}"; do [ "${V_NAMES[$i]}" = "$target" ] && break; done
+    if [ -n "${V_ARGS[$i]}" ]; then IFS=@ read -ra extra <<<"${V_ARGS[$i]}"; fi
+    RUST_LOG=warn "${pin[@]}" "${V_BINS[$i]}" --listen "127.0.0.1:$port" \
+      --seeds "127.0.0.1:$CLUSTER_PORT,127.0.0.1:$((CLUSTER_PORT + 1))" \
+      --metrics-listen off --maxclients 20000 "${extra[@]}" >>"$logf" 2>&1 &
+    PROXY_PID[$phase:$target]=$!
+    ;;
+  esac
+  wait_ready "$port" "$target ($phase)" "$logf"
+}
+stop_proxy() { # stop_proxy PHASE TARGET
+  local key=$1:$2
+  if [ -n "${PROXY_PID[$key]:-}" ]; then
+    stop_proc "${PROXY_PID[$key]}"
+    unset "PROXY_PID[$key]"
+  fi
 }
 
-# stop_proc PID: SIGTERM and wait for it (bounded by slotmux's drain timeout).
-stop_proc() {
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-
-start_nutcracker
-start_slotmux
+for t in "${PROXIES[@]}"; do start_proxy main "$t"; done
 
 # Values for the MGET keys where one name means one key (the cluster-mode run rewrites {tag}
 # per client to a tag of the node it talks to, so its keys are others, missing ones).
 MGET_KEYS=()
 for i in $(seq 1 10); do MGET_KEYS+=("{tag}:k$i"); done
-for p in "$SLOTMUX_PORT" "$STANDALONE_PORT" "$TW_PORT"; do
-  args=()
-  for k in "${MGET_KEYS[@]}"; do args+=("$k" xxx); done
-  redis-cli -p "$p" mset "${args[@]}" >/dev/null
+mset_args=()
+for k in "${MGET_KEYS[@]}"; do mset_args+=("$k" xxx); done
+for p in "${PROXY_PORT[main:${V_NAMES[0]}]}" "$STANDALONE_PORT" "$TW_PORT"; do
+  redis-cli -p "$p" mset "${mset_args[@]}" >/dev/null
+done
+
+# How many backend commands one client MGET of the 10 keys becomes, per proxy (Redis's
+# INFO commandstats on the servers behind it: calls of GET and MGET, after CONFIG RESETSTAT).
+backend_reads() { # backend_reads PORT...: calls of GET + MGET on those servers
+  local p total=0 c
+  for p in "$@"; do
+    c=$(redis-cli -p "$p" info commandstats | tr -d '\r' |
+      awk -F'[:=,]' '/^cmdstat_(get|mget):/{s += $3} END {print s + 0}')
+    total=$((total + c))
+  done
+  echo "$total"
+}
+FANOUT="$TMP/fanout.tsv"
+printf 'target\tbackend_commands\n' >"$FANOUT"
+CLUSTER_PORTS=()
+for i in 0 1 2 3 4 5; do CLUSTER_PORTS+=($((CLUSTER_PORT + i))); done
+for t in "${PROXIES[@]}"; do
+  if [ "$t" = twemproxy ]; then servers=("${TW_BACKENDS[@]}"); else servers=("${CLUSTER_PORTS[@]}"); fi
+  for p in "${servers[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
+  redis-cli -p "${PROXY_PORT[main:$t]}" mget "${MGET_KEYS[@]}" >/dev/null
+  printf '%s\t%s\n' "$t" "$(backend_reads "${servers[@]}")" >>"$FANOUT"
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -225,26 +442,20 @@ cpu_ticks() { # "utime stime" of PID, in clock ticks
 }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+threads_of() { awk '/^Threads:/{print $2}' "/proc/$1/status"; }
 
-target_args() { # the redis-benchmark connection arguments of a target
-  case $1 in
-  slotmux) echo "-p $SLOTMUX_PORT" ;;
+# bench_conn PHASE TARGET: the redis-benchmark connection arguments of a target
+bench_conn() {
+  case $2 in
   cluster) echo "--cluster -p $CLUSTER_PORT" ;;
   standalone) echo "-p $STANDALONE_PORT" ;;
-  twemproxy) echo "-p $TW_PORT" ;;
-  esac
-}
-target_pid() {
-  case $1 in
-  slotmux) echo "$SLOTMUX_PID" ;;
-  twemproxy) echo "$TW_PID" ;;
-  *) echo "" ;;
+  *) echo "-p ${PROXY_PORT[$1:$2]}" ;;
   esac
 }
 
-TARGETS=(slotmux cluster standalone twemproxy)
 TESTS=(set_p1 get_p1 mget_p1 set_p16 get_p16 mget_p16)
-declare -A EST # requests/s estimate per test,target: sizes -n so each run lasts ~DUR seconds
+PIN_TESTS=(set_p1 get_p1 set_p16 get_p16)
+declare -A EST # requests/s estimate per phase,test,target: sizes -n so each run lasts ~DUR seconds
 guess() {
   case $1 in
   *_p1) echo 50000 ;;
@@ -252,34 +463,44 @@ guess() {
   *_p16) echo 400000 ;;
   esac
 }
+size_n() { # size_n PHASE TEST TARGET: -n for a run of about DUR seconds (a pinned cell's
+  # first run is sized from the same cell's shared runs)
+  local est=${EST[$1,$2,$3]:-${EST[main,$2,$3]:-$(guess "$2")}}
+  python3 -c "print(max(20000, int($est * $DUR) // 1000 * 1000))"
+}
 
 RAW="$TMP/raw.tsv"
-printf 'rep\ttest\ttarget\tn\trps\tavg_ms\tp50_ms\tp95_ms\tp99_ms\tmax_ms\tcpu_s\tsys_s\tseconds\trss_kib\n' >"$RAW"
+printf 'rep\ttest\ttarget\tn\trps\tavg_ms\tp50_ms\tp95_ms\tp99_ms\tmax_ms\tcpu_s\tsys_s\tseconds\trss_kib\tphase\n' >"$RAW"
+: >"$TMP/commands.txt"
 
-run_one() { # run_one REP TEST TARGET
-  local rep=$1 test=$2 target=$3 pipe=1 est n pid t0 t1 u0="" s0="" u1 s1 rss="" csv line cpu="" sys=""
-  local secs conn
+run_one() { # run_one REP PHASE TEST TARGET
+  local rep=$1 phase=$2 test=$3 target=$4 pipe=1 threads=$THREADS n pid t0 t1 u0="" s0="" u1 s1
+  local rss="" csv line cpu="" sys="" secs conn pre=() tag=$target
   case $test in *_p16) pipe=16 ;; esac
-  est=${EST[$test,$target]:-$(guess "$test")}
-  n=$(python3 -c "print(max(20000, int($est * $DUR) // 1000 * 1000))")
-  pid=$(target_pid "$target")
-  read -ra conn <<<"$(target_args "$target")"
-  local cmd=(redis-benchmark "${conn[@]}" -c "$CLIENTS" --threads "$THREADS"
+  if [ "$phase" = pin ]; then
+    pre=(taskset -c "$PIN_LOAD_CPU")
+    threads=$PIN_THREADS
+    tag="$target (pinned)"
+  fi
+  n=$(size_n "$phase" "$test" "$target")
+  pid=${PROXY_PID[$phase:$target]:-}
+  read -ra conn <<<"$(bench_conn "$phase" "$target")"
+  local cmd=("${pre[@]}" redis-benchmark "${conn[@]}" -c "$CLIENTS" --threads "$threads"
     -P "$pipe" -r "$KEYSPACE" -n "$n" --csv)
   case $test in
   set_*) cmd+=(-t set) ;;
   get_*) cmd+=(-t get) ;;
   mget_*) cmd+=(MGET "${MGET_KEYS[@]}") ;;
   esac
-  if [ "$rep" = 1 ]; then echo "${cmd[*]}" >>"$TMP/commands.txt"; fi
+  if [ "$rep" = 1 ]; then printf '%-22s %s\n' "$tag:" "${cmd[*]}" >>"$TMP/commands.txt"; fi
   if [ -n "$pid" ]; then read -r u0 s0 <<<"$(cpu_ticks "$pid")"; fi
   t0=$(date +%s.%N)
   "${cmd[@]}" >"$TMP/out.csv" 2>"$TMP/err.txt" &
   BG_PID=$!
-  if [ "$target" = slotmux ]; then
+  if [ -n "$pid" ]; then
     # Resident memory in the middle of the run (the 50 clients are connected and busy).
     sleep "$(python3 -c "print($DUR / 2)")"
-    if kill -0 "$BG_PID" 2>/dev/null; then rss=$(rss_kib "$pid"); fi
+    if alive "$BG_PID"; then rss=$(rss_kib "$pid"); fi
   fi
   wait "$BG_PID" || { cat "$TMP/err.txt" >&2; BG_PID=""; return 1; }
   BG_PID=""
@@ -290,15 +511,16 @@ run_one() { # run_one REP TEST TARGET
     sys=$(python3 -c "print(($s1 - $s0) / $CLK_TCK)")
   fi
   secs=$(python3 -c "print(round($t1 - $t0, 2))")
-  line=$(grep '^"' "$TMP/out.csv" | tail -n 1)
+  line=$(grep '^"' "$TMP/out.csv" | tail -n 1 || true)
+  [ -n "$line" ] || { log "no result from: ${cmd[*]}"; cat "$TMP/out.csv" "$TMP/err.txt" >&2; return 1; }
   csv=$(python3 -c 'import csv,sys; r=next(csv.reader([sys.argv[1]])); print("\t".join(r[1:]))' "$line")
   # csv: rps avg min p50 p95 p99 max
   local rps avg p50 p95 p99 max
   IFS=$'\t' read -r rps avg _ p50 p95 p99 max <<<"$csv"
-  EST[$test,$target]=$rps
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$test" "$target" "$n" \
-    "$rps" "$avg" "$p50" "$p95" "$p99" "$max" "$cpu" "$sys" "$secs" "$rss" >>"$RAW"
-  log "rep $rep $test $target: $rps req/s p50 ${p50} ms p99 ${p99} ms${cpu:+ cpu ${cpu}s} (${secs}s)"
+  EST[$phase,$test,$target]=$rps
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$test" "$target" "$n" \
+    "$rps" "$avg" "$p50" "$p95" "$p99" "$max" "$cpu" "$sys" "$secs" "$rss" "$phase" >>"$RAW"
+  log "rep $rep $test $tag: $rps req/s p50 ${p50} ms p99 ${p99} ms${cpu:+ cpu ${cpu}s} (${secs}s)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -353,39 +575,45 @@ for s in socks:
 print(before, connected, pinged, closed, again)
 EOF
 
-idle_test() { # idle_test PORT PID -> "before connected pinged closed reconnected" (KiB)
-  python3 "$TMP/idle.py" "$1" "$IDLE_CLIENTS" "$2"
-}
-log "idle clients: $IDLE_CLIENTS connections to slotmux"
-read -r SM_IDLE_BEFORE SM_IDLE_CONNECTED SM_IDLE_PINGED SM_IDLE_CLOSED SM_IDLE_AGAIN \
-  <<<"$(idle_test "$SLOTMUX_PORT" "$SLOTMUX_PID")"
-log "slotmux RSS KiB: before $SM_IDLE_BEFORE, connected $SM_IDLE_CONNECTED, after one PING each" \
-  "$SM_IDLE_PINGED, all closed $SM_IDLE_CLOSED, connected again $SM_IDLE_AGAIN"
-log "idle clients: $IDLE_CLIENTS connections to nutcracker"
-read -r TW_IDLE_BEFORE TW_IDLE_CONNECTED TW_IDLE_PINGED TW_IDLE_CLOSED TW_IDLE_AGAIN \
-  <<<"$(idle_test "$TW_PORT" "$TW_PID")"
-log "nutcracker RSS KiB: before $TW_IDLE_BEFORE, connected $TW_IDLE_CONNECTED, after one PING each" \
-  "$TW_IDLE_PINGED, all closed $TW_IDLE_CLOSED, connected again $TW_IDLE_AGAIN"
+IDLE="$TMP/idle.tsv"
+printf 'target\tbefore\tconnected\tpinged\tclosed\tagain\n' >"$IDLE"
+for t in "${PROXIES[@]}"; do
+  log "idle clients: $IDLE_CLIENTS connections to $t"
+  read -r i_before i_connected i_pinged i_closed i_again \
+    <<<"$(python3 "$TMP/idle.py" "${PROXY_PORT[main:$t]}" "$IDLE_CLIENTS" "${PROXY_PID[main:$t]}")"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$i_before" "$i_connected" "$i_pinged" "$i_closed" \
+    "$i_again" >>"$IDLE"
+  log "$t RSS KiB: before $i_before, connected $i_connected, after one PING each" \
+    "$i_pinged, all closed $i_closed, connected again $i_again"
+done
 
 # Fresh proxies for the load runs, so their memory under load is not the idle test's leftover.
-stop_proc "$SLOTMUX_PID"
-stop_proc "$TW_PID"
-start_nutcracker
-start_slotmux
-SLOTMUX_RSS_LOAD_START=$(rss_kib "$SLOTMUX_PID")
+MEM="$TMP/mem.tsv"
+printf 'target\tstart\thwm\tafter\tthreads\n' >"$MEM"
+declare -A RSS_START THREADS_OF
+for t in "${PROXIES[@]}"; do
+  stop_proxy main "$t"
+  start_proxy main "$t"
+  RSS_START[$t]=$(rss_kib "${PROXY_PID[main:$t]}")
+  THREADS_OF[main:$t]=$(threads_of "${PROXY_PID[main:$t]}")
+done
 
 # ---------------------------------------------------------------------------------------------
 # Load runs: for each repetition, for each test, every target (rotating the order).
 
+NT=${#TARGETS[@]}
 for rep in $(seq 1 "$REPS"); do
   for test in "${TESTS[@]}"; do
-    for k in 0 1 2 3; do
-      run_one "$rep" "$test" "${TARGETS[$(((k + rep - 1) % 4))]}"
+    for k in $(seq 0 $((NT - 1))); do
+      run_one "$rep" main "$test" "${TARGETS[$(((k + rep - 1) % NT))]}"
     done
   done
 done
-SLOTMUX_HWM_LOAD=$(hwm_kib "$SLOTMUX_PID")
-SLOTMUX_RSS_AFTER_LOAD=$(rss_kib "$SLOTMUX_PID")
+for t in "${PROXIES[@]}"; do
+  pid=${PROXY_PID[main:$t]}
+  printf '%s\t%s\t%s\t%s\t%s\n' "$t" "${RSS_START[$t]}" "$(hwm_kib "$pid")" "$(rss_kib "$pid")" \
+    "${THREADS_OF[main:$t]}" >>"$MEM"
+done
 
 # ---------------------------------------------------------------------------------------------
 # System calls per request (needs `perf` with access to the syscall tracepoints, e.g. as root):
@@ -401,12 +629,11 @@ for e in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epol
 done
 SC_EVENTS="$SC_EVENTS,context-switches"
 syscall_run() { # syscall_run TEST TARGET
-  local test=$1 target=$2 pipe=1 est n pid perf_pid conn
+  local test=$1 target=$2 pipe=1 n pid perf_pid conn
   case $test in *_p16) pipe=16 ;; esac
-  est=${EST[$test,$target]:-$(guess "$test")}
-  n=$(python3 -c "print(max(20000, int($est * $DUR) // 1000 * 1000))")
-  pid=$(target_pid "$target")
-  read -ra conn <<<"$(target_args "$target")"
+  n=$(size_n main "$test" "$target")
+  pid=${PROXY_PID[main:$target]}
+  read -ra conn <<<"$(bench_conn main "$target")"
   perf stat -x, -e "$SC_EVENTS" -p "$pid" -o "$TMP/perf.txt" &
   perf_pid=$!
   sleep 0.5
@@ -422,10 +649,44 @@ syscall_run() { # syscall_run TEST TARGET
 if [ "${SYSCALLS:-1}" = 1 ] && command -v perf >/dev/null 2>&1 &&
   perf stat -e syscalls:sys_enter_writev true >/dev/null 2>&1; then
   for test in get_p1 get_p16; do
-    for target in slotmux twemproxy; do syscall_run "$test" "$target"; done
+    for target in "${PROXIES[@]}"; do syscall_run "$test" "$target"; done
   done
 else
   log "perf with syscall tracepoints is not available: system calls are not counted"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Pinned cores (last, so that no other row runs with pinned nodes): the cluster's nodes and
+# redis-benchmark on PIN_LOAD_CPU, each proxy started afresh on PIN_PROXY_CPU.
+
+for t in "${PROXIES[@]}"; do stop_proxy main "$t"; done
+if [ "$PINNED" = 1 ]; then
+  declare -A NODE_MASK
+  NODE_PIDS=()
+  for f in "$TMP"/cluster/*/redis.pid; do NODE_PIDS+=("$(cat "$f")"); done
+  for pid in "${NODE_PIDS[@]}"; do
+    NODE_MASK[$pid]=$(taskset -p "$pid" | awk '{print $NF}')
+    taskset -a -p -c "$PIN_LOAD_CPU" "$pid" >/dev/null
+  done
+  log "pinned: cluster nodes (${NODE_PIDS[*]}) and redis-benchmark on CPU $PIN_LOAD_CPU," \
+    "proxies on CPU $PIN_PROXY_CPU"
+  for t in "${PIN_TARGETS[@]}"; do
+    [ "$t" = cluster ] && continue
+    start_proxy pin "$t"
+    THREADS_OF[pin:$t]=$(threads_of "${PROXY_PID[pin:$t]}")
+    printf '%s\t\t\t\t%s\n' "pin:$t" "${THREADS_OF[pin:$t]}" >>"$MEM"
+  done
+  NP=${#PIN_TARGETS[@]}
+  for rep in $(seq 1 "$REPS"); do
+    for test in "${PIN_TESTS[@]}"; do
+      for k in $(seq 0 $((NP - 1))); do
+        run_one "$rep" pin "$test" "${PIN_TARGETS[$(((k + rep - 1) % NP))]}"
+      done
+    done
+  done
+  for t in "${PIN_TARGETS[@]}"; do [ "$t" = cluster ] || stop_proxy pin "$t"; done
+  for pid in "${NODE_PIDS[@]}"; do taskset -a -p "${NODE_MASK[$pid]}" "$pid" >/dev/null; done
+  log "pinned runs done; cluster nodes' affinity restored"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -438,103 +699,239 @@ REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   REV="$REV (with uncommitted changes in src/)"
 fi
-export REV REPS DUR CLIENTS THREADS KEYSPACE IDLE_CLIENTS QUICK
-export SLOTMUX_HWM_LOAD SLOTMUX_RSS_AFTER_LOAD
-export SM_IDLE_BEFORE SM_IDLE_CONNECTED SM_IDLE_PINGED SM_IDLE_CLOSED SM_IDLE_AGAIN SLOTMUX_RSS_LOAD_START
-export TW_IDLE_BEFORE TW_IDLE_CONNECTED TW_IDLE_PINGED TW_IDLE_CLOSED TW_IDLE_AGAIN
+
+# What each target is (the report's first table).
+TINFO="$TMP/targets.tsv"
+printf 'target\tbinary\targs\tsha256\tversion\tport\n' >"$TINFO"
+for i in "${!V_NAMES[@]}"; do
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${V_NAMES[$i]}" "${V_BINS[$i]}" "${V_ARGS[$i]//@/ }" \
+    "$(sha256sum "${V_BINS[$i]}" | cut -c1-12)" "$("${V_BINS[$i]}" --version 2>&1 | awk '/^slotmux /{print; exit}')" \
+    "${PROXY_PORT[main:${V_NAMES[$i]}]}" >>"$TINFO"
+done
+if [ "$HAVE_PREDIXY" = 1 ]; then
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' predixy "$PREDIXY_BIN" "" \
+    "$(sha256sum "$PREDIXY_BIN" | cut -c1-12)" "$("$PREDIXY_BIN" -v 2>&1 | awk '{print $NF; exit}')" \
+    "${PROXY_PORT[main:predixy]}" >>"$TINFO"
+fi
+
+export REV REPS DUR CLIENTS THREADS KEYSPACE IDLE_CLIENTS QUICK PIN_PROXY_CPU PIN_LOAD_CPU PIN_THREADS
 export MACHINE_CPU MACHINE_KERNEL MACHINE_NPROC V_REDIS V_NUTCRACKER V_RUSTC V_BENCH
+export MAIN_TARGETS PIN_TARGETS_S VARIANT_NAMES PROXY_NAMES PINNED_RAN
 MACHINE_CPU=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 MACHINE_KERNEL=$(uname -r)
 MACHINE_NPROC=$(nproc)
 V_REDIS=$(redis-server --version | awk '{print $3}' | sed 's/^v=//')
 V_NUTCRACKER=$(nutcracker --version 2>&1 | awk '/nutcracker-/{sub(/.*nutcracker-/, ""); print; exit}')
-V_RUSTC=$(rustc --version)
+V_RUSTC=$(rustc --version 2>/dev/null || echo "rustc unknown")
 V_BENCH=$(redis-benchmark --version | awk '{print $2}')
+MAIN_TARGETS="${TARGETS[*]}"
+PIN_TARGETS_S="${PIN_TARGETS[*]}"
+VARIANT_NAMES="${V_NAMES[*]}"
+PROXY_NAMES="${PROXIES[*]}"
+PINNED_RAN=$PINNED
 
 cp "$SYSC" "$OUT/syscalls.tsv"
-python3 - "$RAW" "$TMP/commands.txt" "$SYSC" >"$OUT/results.md" <<'EOF'
+python3 - "$RAW" "$TMP/commands.txt" "$SYSC" "$IDLE" "$MEM" "$TINFO" "$FANOUT" >"$OUT/results.md" <<'EOF'
 import csv, os, statistics, sys
-raw, cmds, sysc = sys.argv[1], sys.argv[2], sys.argv[3]
-rows = list(csv.DictReader(open(raw), delimiter="\t"))
-sc_rows = list(csv.DictReader(open(sysc), delimiter="\t"))
+raw, cmds, sysc, idle_f, mem_f, tinfo_f, fanout_f = sys.argv[1:8]
+def tsv(path):
+    return list(csv.DictReader(open(path), delimiter="\t"))
+all_rows = tsv(raw)
+rows = [r for r in all_rows if r["phase"] == "main"]
+pin_rows = [r for r in all_rows if r["phase"] == "pin"]
+sc_rows = tsv(sysc)
+idle = {r["target"]: r for r in tsv(idle_f)}
+mem = {r["target"]: r for r in tsv(mem_f)}
+tinfo = {r["target"]: r for r in tsv(tinfo_f)}
+fanout = {r["target"]: r for r in tsv(fanout_f)}
 E = os.environ
-targets = ["slotmux", "cluster", "standalone", "twemproxy"]
+targets = E["MAIN_TARGETS"].split()
+variants = E["VARIANT_NAMES"].split()
+proxies = E["PROXY_NAMES"].split()
+pin_targets = E["PIN_TARGETS_S"].split() if E["PINNED_RAN"] == "1" else []
+pin_proxies = [t for t in pin_targets if t != "cluster"]
 tests = ["set_p1", "get_p1", "mget_p1", "set_p16", "get_p16", "mget_p16"]
+pin_tests = ["set_p1", "get_p1", "set_p16", "get_p16"]
 label = {"set_p1": "SET, P1", "get_p1": "GET, P1", "mget_p1": "MGET 10 keys, P1",
          "set_p16": "SET, P16", "get_p16": "GET, P16", "mget_p16": "MGET 10 keys, P16"}
-def cell(test, target, key):
-    v = [float(r[key]) for r in rows if r["test"] == test and r["target"] == target and r[key] != ""]
-    return v
-def med(test, target, key):
-    v = cell(test, target, key)
+def cell(test, target, key, rs=None):
+    rs = rows if rs is None else rs
+    return [float(r[key]) for r in rs if r["test"] == test and r["target"] == target and r[key] != ""]
+def med(test, target, key, rs=None):
+    v = cell(test, target, key, rs)
     return statistics.median(v) if v else None
+def cpu_per(t, tg, key, rs=None):
+    rs = rows if rs is None else rs
+    v = [float(r[key]) / float(r["n"]) * 1e6 for r in rs
+         if r["test"] == t and r["target"] == tg and r[key] != ""]
+    return statistics.median(v) if v else None
+def hdr(cols, align="---:|"):
+    p("| test | " + " | ".join(cols) + " |")
+    p("|---|" + align * len(cols))
+def tput_table(rs, tlist, ts, ref_name):
+    hdr(tlist)
+    for t in ts:
+        ref = med(t, "cluster", "rps", rs)
+        cells = []
+        for tg in tlist:
+            m = med(t, tg, "rps", rs)
+            if m is None:
+                cells.append("-")
+            elif ref:
+                cells.append(f"{m:,.0f} ({m / ref:.2f}x)")
+            else:
+                cells.append(f"{m:,.0f}")
+        p(f"| {label[t]} | " + " | ".join(cells) + " |")
+def cpu_table(rs, plist, ts):
+    cols = []
+    for tg in plist:
+        cols += [f"{tg} µs/request", "of which kernel"]
+    hdr(cols)
+    for t in ts:
+        cells = []
+        for tg in plist:
+            a, s = cpu_per(t, tg, "cpu_s", rs), cpu_per(t, tg, "sys_s", rs)
+            cells += ["-", "-"] if a is None else [f"{a:.2f}", f"{s:.2f} ({s / a * 100:.0f}%)" if a else f"{s:.2f}"]
+        p(f"| {label[t]} | " + " | ".join(cells) + " |")
+def lat_table(rs, tlist, ts, ratio_for):
+    hdr(tlist + [f"{v} p99 / cluster p99" for v in ratio_for])
+    for t in ts:
+        cells = []
+        for tg in tlist:
+            a, b = med(t, tg, "p50_ms", rs), med(t, tg, "p99_ms", rs)
+            cells.append("-" if a is None else f"{a:.3f} / {b:.3f}")
+        c = med(t, "cluster", "p99_ms", rs)
+        for v in ratio_for:
+            s = med(t, v, "p99_ms", rs)
+            cells.append(f"{s / c:.2f}x" if s and c else "-")
+        p(f"| {label[t]} | " + " | ".join(cells) + " |")
+
 out = []
 p = out.append
 p(f"Generated by `scripts/bench-e2e.sh`{' (QUICK=1 smoke run)' if E['QUICK'] == '1' else ''}: "
-  f"slotmux {E['REV']}, {E['REPS']} repetition(s) of every cell, ~{E['DUR']} s per run, "
+  f"repository at {E['REV']}, {E['REPS']} repetition(s) of every cell, ~{E['DUR']} s per run, "
   f"{E['CLIENTS']} clients, `--threads {E['THREADS']}`, random keys over {E['KEYSPACE']}.")
 p("")
 p(f"- Machine: {E['MACHINE_NPROC']} vCPU, {E['MACHINE_CPU']}, Linux {E['MACHINE_KERNEL']} "
   "(shared with other work while measuring: see the noise note)")
-p(f"- Versions: redis-server {E['V_REDIS']}, redis-benchmark {E['V_BENCH']}, "
-  f"nutcracker {E['V_NUTCRACKER']}, {E['V_RUSTC']}")
+vers = (f"- Versions: redis-server {E['V_REDIS']}, redis-benchmark {E['V_BENCH']}, "
+        f"nutcracker {E['V_NUTCRACKER']}")
+if "predixy" in tinfo:
+    vers += f", {tinfo['predixy']['version']}"
+p(vers + f", {E['V_RUSTC']}")
 p("")
+p("### Targets")
+p("")
+p("| target | what | binary (sha256, first 12) | OS threads under load |")
+p("|---|---|---|---:|")
+def threads(tg):
+    parts = []
+    if tg in mem and mem[tg]["threads"]:
+        parts.append(mem[tg]["threads"])
+    if f"pin:{tg}" in mem and mem[f"pin:{tg}"]["threads"]:
+        parts.append(f"{mem[f'pin:{tg}']['threads']} pinned")
+    return ", ".join(parts) or "-"
+for tg in targets:
+    if tg in variants:
+        i = tinfo[tg]
+        what = f"slotmux {i['version'].replace('slotmux', '').strip() or ''}".strip()
+        args = f" `{i['args']}`" if i["args"] else ""
+        p(f"| {tg} | {what} in front of the 6-node cluster{args} | `{i['binary']}` ({i['sha256']}) | {threads(tg)} |")
+    elif tg == "cluster":
+        p("| cluster | the 6-node cluster directly (3 masters, 3 replicas), `redis-benchmark --cluster` | - | - |")
+    elif tg == "standalone":
+        p("| standalone | one plain redis-server | - | - |")
+    elif tg == "twemproxy":
+        p(f"| twemproxy | nutcracker {E['V_NUTCRACKER']} in front of 3 plain redis-servers | `nutcracker` | {threads(tg)} |")
+    elif tg == "predixy":
+        i = tinfo[tg]
+        p(f"| predixy | {i['version']} in front of the 6-node cluster, `WorkerThreads 1`, reads from masters | `{i['binary']}` ({i['sha256']}) | {threads(tg)} |")
+p("")
+if fanout:
+    p("Backend commands per client `MGET` of the 10 `{tag}` keys (GET + MGET calls in the servers' "
+      "`INFO commandstats`): " + ", ".join(f"{t} {fanout[t]['backend_commands']}" for t in proxies) + ".")
+    p("")
 p("### Throughput (requests/s, median; ratio to the direct cluster in brackets)")
 p("")
-p("| test | " + " | ".join(targets) + " |")
-p("|---|" + "---:|" * len(targets))
-for t in tests:
-    ref = med(t, "cluster", "rps")
-    cells = []
-    for tg in targets:
-        m = med(t, tg, "rps")
-        if m is None:
-            cells.append("-")
-        elif ref:
-            cells.append(f"{m:,.0f} ({m / ref:.2f}x)")
-        else:
-            cells.append(f"{m:,.0f}")
-    p(f"| {label[t]} | " + " | ".join(cells) + " |")
+tput_table(rows, targets, tests, "cluster")
 p("")
 p("Every run (requests/s per repetition, in run order):")
 p("")
-p("| test | " + " | ".join(targets) + " |")
-p("|---|" + "---|" * len(targets))
+hdr(targets, "---|")
 for t in tests:
     p(f"| {label[t]} | " + " | ".join(
         " / ".join(f"{v/1000:.0f}k" for v in cell(t, tg, "rps")) for tg in targets) + " |")
 p("")
+if len(variants) > 1:
+    base = variants[0]
+    p(f"### Variants paired against `{base}` (ratio per repetition, same test block; median, then every repetition)")
+    p("")
+    cols = []
+    for v in variants[1:]:
+        cols += [f"{v} / {base} requests/s", f"{v} / {base} CPU per request"]
+    hdr(cols)
+    def per_rep(t, v, key, per_req):
+        out_ = []
+        reps = sorted({r["rep"] for r in rows}, key=int)
+        for rep in reps:
+            a = [r for r in rows if r["rep"] == rep and r["test"] == t and r["target"] == v and r[key] != ""]
+            b = [r for r in rows if r["rep"] == rep and r["test"] == t and r["target"] == base and r[key] != ""]
+            if not a or not b:
+                continue
+            x, y = float(a[0][key]), float(b[0][key])
+            if per_req:
+                x, y = x / float(a[0]["n"]), y / float(b[0]["n"])
+            if y:
+                out_.append(x / y)
+        return out_
+    for t in tests:
+        cells = []
+        for v in variants[1:]:
+            for key, per_req in (("rps", False), ("cpu_s", True)):
+                r_ = per_rep(t, v, key, per_req)
+                cells.append("-" if not r_ else f"{statistics.median(r_):.2f}x (" +
+                             " / ".join(f"{x:.2f}" for x in r_) + ")")
+        p(f"| {label[t]} | " + " | ".join(cells) + " |")
+    p("")
+    p("Above 1.00x is more throughput, or more CPU per request, than the first variant. "
+      "A ratio within the spread of the repetitions is noise.")
+    p("")
 p("### Latency (ms, median over repetitions of redis-benchmark's p50 / p99)")
 p("")
-p("| test | " + " | ".join(targets) + " | slotmux p99 / cluster p99 |")
-p("|---|" + "---:|" * (len(targets) + 1))
-for t in tests:
-    cells = []
-    for tg in targets:
-        a, b = med(t, tg, "p50_ms"), med(t, tg, "p99_ms")
-        cells.append("-" if a is None else f"{a:.3f} / {b:.3f}")
-    s, c = med(t, "slotmux", "p99_ms"), med(t, "cluster", "p99_ms")
-    cells.append(f"{s / c:.2f}x" if s and c else "-")
-    p(f"| {label[t]} | " + " | ".join(cells) + " |")
+lat_table(rows, targets, tests, variants)
 p("")
 p("### Proxy CPU per request (µs of the proxy's own user+system CPU; median over repetitions)")
 p("")
-p("| test | slotmux µs/request (= CPU s per 1M requests) | of which kernel | twemproxy µs/request | of which kernel |")
-p("|---|---:|---:|---:|---:|")
-def cpu_per(t, tg, key):
-    v = [float(r[key]) / float(r["n"]) * 1e6 for r in rows
-         if r["test"] == t and r["target"] == tg and r[key] != ""]
-    return statistics.median(v) if v else None
-for t in tests:
-    cells = []
-    for tg in ("slotmux", "twemproxy"):
-        a, s = cpu_per(t, tg, "cpu_s"), cpu_per(t, tg, "sys_s")
-        cells += ["-", "-"] if a is None else [f"{a:.2f}", f"{s:.2f} ({s / a * 100:.0f}%)" if a else "-"]
-    p(f"| {label[t]} | " + " | ".join(cells) + " |")
+cpu_table(rows, proxies, tests)
 p("")
-p("For MGET one request is one MGET of 10 keys. CPU comes from /proc/PID/stat (10 ms ticks) "
-  "around each run, so it includes the proxy's work for redis-benchmark's start-up CONFIG GET.")
+p("µs per request = CPU seconds per 1M requests. For MGET one request is one MGET of 10 keys. "
+  "CPU comes from /proc/PID/stat (10 ms ticks) around each run, so it includes the proxy's work "
+  "for redis-benchmark's start-up CONFIG GET (and predixy's cluster refresh every second).")
 p("")
+if pin_targets:
+    pin_ran = sorted({r["rep"] for r in pin_rows})
+    p(f"### Pinned cores: proxy on CPU {E['PIN_PROXY_CPU']}, cluster nodes and redis-benchmark on CPU {E['PIN_LOAD_CPU']}")
+    p("")
+    p(f"Every proxy started afresh under `taskset -c {E['PIN_PROXY_CPU']}`; the cluster's 6 redis-servers "
+      f"pinned with `taskset -a -p -c {E['PIN_LOAD_CPU']}` and redis-benchmark run under "
+      f"`taskset -c {E['PIN_LOAD_CPU']}` with `--threads {E['PIN_THREADS']}` (it has one core). "
+      f"`cluster` here is the direct cluster with everything on CPU {E['PIN_LOAD_CPU']}: "
+      "the reference of this table, as a sidecar with a core of its own would compare. "
+      "These runs come after all others, interleaved among themselves; the nodes' affinities are "
+      "restored afterwards.")
+    p("")
+    p("Throughput (requests/s, median; ratio to the pinned direct cluster in brackets):")
+    p("")
+    tput_table(pin_rows, pin_targets, pin_tests, "cluster")
+    p("")
+    p("Latency (ms, p50 / p99, median):")
+    p("")
+    lat_table(pin_rows, pin_targets, pin_tests, [v for v in variants if v in pin_targets])
+    p("")
+    p("Proxy CPU per request (µs, user+system; median):")
+    p("")
+    cpu_table(pin_rows, pin_proxies, pin_tests)
+    p("")
 if sc_rows:
     p("### System calls per request (GET, one extra run per cell, counted with `perf stat`)")
     p("")
@@ -545,7 +942,7 @@ if sc_rows:
     p("| test | proxy | " + " | ".join(groups) + " | all system calls |")
     p("|---|---|" + "---:|" * (len(groups) + 1))
     for t in ("get_p1", "get_p16"):
-        for tg in ("slotmux", "twemproxy"):
+        for tg in proxies:
             sel = [r for r in sc_rows if r["test"] == t and r["target"] == tg]
             if not sel:
                 continue
@@ -562,32 +959,39 @@ if sc_rows:
     p("")
 p("### Resident memory")
 p("")
-rss_load = [float(r["rss_kib"]) for r in rows if r["target"] == "slotmux" and r["rss_kib"] != ""]
 n = int(E["IDLE_CLIENTS"])
+def mib(k):
+    return f"{int(k) / 1024:.1f} MiB" if k not in ("", None) else "-"
 def per(a, b):
     return (float(b) - float(a)) / n
-mib = lambda k: f"{int(E[k]) / 1024:.1f} MiB"
+ip = [t for t in proxies if t in idle]
 p("Idle clients (on freshly started proxies):")
 p("")
-p("| | slotmux | twemproxy |")
-p("|---|---:|---:|")
-p(f"| fresh (backend connections open, no client) | {mib('SM_IDLE_BEFORE')} | {mib('TW_IDLE_BEFORE')} |")
-p(f"| {n:,} idle clients connected | {mib('SM_IDLE_CONNECTED')} | {mib('TW_IDLE_CONNECTED')} |")
-p(f"| the same after one PING each | {mib('SM_IDLE_PINGED')} | {mib('TW_IDLE_PINGED')} |")
-p(f"| **per idle client, connected** | **{per(E['SM_IDLE_BEFORE'], E['SM_IDLE_CONNECTED']):.1f} KiB** | {per(E['TW_IDLE_BEFORE'], E['TW_IDLE_CONNECTED']):.1f} KiB |")
-p(f"| **per idle client, after one PING** | **{per(E['SM_IDLE_BEFORE'], E['SM_IDLE_PINGED']):.1f} KiB** | {per(E['TW_IDLE_BEFORE'], E['TW_IDLE_PINGED']):.1f} KiB |")
-p(f"| all {n:,} closed | {mib('SM_IDLE_CLOSED')} | {mib('TW_IDLE_CLOSED')} |")
-p(f"| {n:,} connected again (memory reused, not leaked, if close to the first round) | {mib('SM_IDLE_AGAIN')} | {mib('TW_IDLE_AGAIN')} |")
+p("| | " + " | ".join(ip) + " |")
+p("|---|" + "---:|" * len(ip))
+def irow(title, f, bold=False):
+    b = "**" if bold else ""
+    p(f"| {b}{title}{b} | " + " | ".join(f(idle[t]) for t in ip) + " |")
+irow("fresh (backend connections open, no client)", lambda r: mib(r["before"]))
+irow(f"{n:,} idle clients connected", lambda r: mib(r["connected"]))
+irow("the same after one PING each", lambda r: mib(r["pinged"]))
+irow("per idle client, connected", lambda r: f"{per(r['before'], r['connected']):.1f} KiB", True)
+irow("per idle client, after one PING", lambda r: f"{per(r['before'], r['pinged']):.1f} KiB", True)
+irow(f"all {n:,} closed", lambda r: mib(r["closed"]))
+irow(f"{n:,} connected again (memory reused, not leaked, if close to the first round)", lambda r: mib(r["again"]))
 p("")
-p("Under load (slotmux restarted after the idle test):")
+p("Under load (every proxy restarted after the idle test):")
 p("")
-p("| | slotmux |")
-p("|---|---:|")
-p(f"| at start | {mib('SLOTMUX_RSS_LOAD_START')} |")
-if rss_load:
-    p(f"| 50 clients under load (largest mid-run sample) | {max(rss_load) / 1024:.1f} MiB |")
-p(f"| peak over the load runs (VmHWM) | {mib('SLOTMUX_HWM_LOAD')} |")
-p(f"| after the load runs (clients gone) | {mib('SLOTMUX_RSS_AFTER_LOAD')} |")
+mp = [t for t in proxies if t in mem]
+p("| | " + " | ".join(mp) + " |")
+p("|---|" + "---:|" * len(mp))
+p("| at start | " + " | ".join(mib(mem[t]["start"]) for t in mp) + " |")
+def load_rss(t):
+    v = [float(r["rss_kib"]) for r in rows if r["target"] == t and r["rss_kib"] != ""]
+    return f"{max(v) / 1024:.1f} MiB" if v else "-"
+p(f"| {E['CLIENTS']} clients under load (largest mid-run sample) | " + " | ".join(load_rss(t) for t in mp) + " |")
+p("| peak over the load runs (VmHWM) | " + " | ".join(mib(mem[t]["hwm"]) for t in mp) + " |")
+p("| after the load runs (clients gone) | " + " | ".join(mib(mem[t]["after"]) for t in mp) + " |")
 p("")
 p("### Commands (first repetition; `-n` is sized from the previous run of the same cell)")
 p("")
