@@ -441,6 +441,32 @@ pub(crate) fn args_of(parts: &[&str]) -> (Vec<u8>, Vec<(usize, usize)>) {
     (frame, ranges)
 }
 
+/// The unit of a blocking command's timeout argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutUnit {
+    /// BLPOP and friends: seconds, with decimals.
+    Seconds,
+    /// XREAD/XREADGROUP BLOCK: whole milliseconds.
+    Millis,
+}
+
+/// Where a blocking command's timeout is: its argument index and unit (Redis 7.0's syntax).
+pub fn block_timeout(name: &str, args: Args<'_>) -> Option<(usize, TimeoutUnit)> {
+    match name {
+        "blpop" | "brpop" | "brpoplpush" | "blmove" | "bzpopmin" | "bzpopmax" => {
+            Some((args.len().checked_sub(1)?, TimeoutUnit::Seconds))
+        }
+        "blmpop" | "bzmpop" => Some((1, TimeoutUnit::Seconds)),
+        "xread" | "xreadgroup" => (1..args.len())
+            .find(|&i| {
+                args.get(i)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+            })
+            .map(|i| (i + 1, TimeoutUnit::Millis)),
+        _ => None,
+    }
+}
+
 /// Where a keyed command must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotOf {

@@ -90,6 +90,14 @@ pub fn null(out: &mut BytesMut, proto: Proto) {
     }
 }
 
+/// The null array (an aborted EXEC, a timed-out BLPOP): `*-1` in RESP2, `_` in RESP3.
+pub fn null_array(out: &mut BytesMut, proto: Proto) {
+    match proto {
+        Proto::Resp2 => out.extend_from_slice(b"*-1\r\n"),
+        Proto::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
 pub fn array_header(out: &mut BytesMut, n: usize) {
     line(out, b'*', n as i64);
 }

@@ -23,9 +23,6 @@ pub(super) struct Facts {
     /// MOVED/ASK redirects followed so far, and the most allowed.
     pub redirects: u8,
     pub max_redirects: u8,
-    /// On a transaction's pinned connection: Redis's replies there go to the client as they
-    /// are (issue 17 changes this).
-    pub pinned: bool,
     /// NOSCRIPT was already answered by loading the script once.
     pub script_loaded: bool,
 }
@@ -84,7 +81,7 @@ pub(super) fn decide<'a>(
             })
         }
     };
-    if frame.first() != Some(&b'-') || f.pinned {
+    if frame.first() != Some(&b'-') {
         return Action::Finish;
     }
     match classify(frame) {
@@ -113,6 +110,152 @@ pub(super) fn decide<'a>(
     }
 }
 
+/// What a transaction's batch (`MULTI`, the queued commands, `EXEC`) came back as.
+#[derive(Debug)]
+pub(super) enum TxAction<'a> {
+    /// The client gets this frame (EXEC's array, or its null when a watched key changed, or
+    /// an error that is the client's).
+    Reply(&'a [u8]),
+    /// The watch can no longer be proved (its slot moved, its connection broke): the client
+    /// gets the null reply of an aborted transaction, as if a watched key had changed.
+    Aborted,
+    /// Nothing ran: replay the whole batch at `addr` (after `ASKING` when `ask`).
+    Follow {
+        slot: u16,
+        addr: &'a str,
+        ask: bool,
+    },
+    /// Nothing ran: replay after a backoff, within the retry budget.
+    Retry {
+        why: RetryReason,
+        refresh: Option<RefreshReason>,
+    },
+    Fail(ProxyError),
+}
+
+/// Facts about a transaction batch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TxFacts {
+    /// Sent on the connection that holds the client's WATCHes: it cannot move.
+    pub watched: bool,
+    /// Every queued command only reads: a lost EXEC may be replayed.
+    pub readonly: bool,
+    pub redirects: u8,
+    pub max_redirects: u8,
+}
+
+/// Decides on a transaction from its replies in order (`MULTI`'s, one per queued command,
+/// `EXEC`'s; pushes left out), or from its connection's failure. Redis discards a transaction
+/// whose `EXEC` meets MOVED/ASK/TRYAGAIN/CLUSTERDOWN, or whose commands met them while queued
+/// (`EXECABORT`): then nothing ran and the batch may be replayed on the slot's owner. Once
+/// `EXEC` may have reached the node, it is never replayed (unless every command only reads).
+///
+/// `keyed[i]` says whether queued command `i` has keys. During a migration the source answers
+/// ASK for keys it no longer has and QUEUED for those it still has: such a transaction cannot
+/// run whole on either node yet, so it waits (as Redis makes a multi-key command wait with
+/// TRYAGAIN) instead of creating the missing keys on the importing node.
+pub(super) fn decide_exec<'a>(
+    f: &TxFacts,
+    keyed: &[bool],
+    replies: &Result<Vec<&'a [u8]>, UpstreamError>,
+    node: &Arc<str>,
+) -> TxAction<'a> {
+    let frames = match replies {
+        Ok(frames) => frames,
+        Err(UpstreamError::NotSent) if f.watched => return TxAction::Aborted,
+        Err(cause) if cause.always_retryable() || f.readonly => {
+            return TxAction::Retry {
+                why: if cause.always_retryable() {
+                    RetryReason::Unreachable
+                } else {
+                    RetryReason::ConnectionLost
+                },
+                refresh: Some(RefreshReason::NodeFailure),
+            }
+        }
+        Err(cause) => {
+            return TxAction::Fail(ProxyError::UnknownOutcome {
+                node: node.clone(),
+                cause: *cause,
+            })
+        }
+    };
+    let (Some(&multi), Some(&exec)) = (frames.first(), frames.last()) else {
+        return TxAction::Fail(ProxyError::redis("ERR slotmux: empty transaction reply"));
+    };
+    if frames.len() < 2 {
+        return TxAction::Fail(ProxyError::redis("ERR slotmux: short transaction reply"));
+    }
+    let queued = &frames[1..frames.len() - 1];
+    if multi.first() == Some(&b'-') {
+        // The node refused MULTI itself (a busy script, loading): the commands were not queued
+        // but run one by one, or refused too.
+        if queued.iter().all(|q| q.first() == Some(&b'-')) {
+            return TxAction::Reply(multi);
+        }
+        return TxAction::Fail(ProxyError::redis(
+            "ERR slotmux: the node refused MULTI; some commands of the transaction ran outside it",
+        ));
+    }
+    if exec.first() != Some(&b'-') {
+        return TxAction::Reply(exec);
+    }
+    // EXEC itself redirected, or EXECABORT because a command was redirected while queued.
+    let cause = if exec.starts_with(b"-EXECABORT") {
+        let is_keyed = |i: usize| keyed.get(i).copied().unwrap_or(true);
+        let asked = queued
+            .iter()
+            .enumerate()
+            .any(|(i, q)| is_keyed(i) && q.starts_with(b"-ASK "));
+        let held = queued
+            .iter()
+            .enumerate()
+            .any(|(i, q)| is_keyed(i) && q.starts_with(b"+QUEUED"));
+        if asked && held {
+            return if f.watched {
+                TxAction::Aborted
+            } else {
+                TxAction::Retry {
+                    why: RetryReason::TryAgain,
+                    refresh: None,
+                }
+            };
+        }
+        queued
+            .iter()
+            .copied()
+            .find(|q| classify(q).is_some())
+            .unwrap_or(exec)
+    } else {
+        exec
+    };
+    let action = match classify(cause) {
+        None => return TxAction::Reply(exec),
+        Some(Redirect::Moved { slot, addr }) | Some(Redirect::Ask { slot, addr }) => {
+            if f.redirects >= f.max_redirects {
+                return TxAction::Reply(exec);
+            }
+            TxAction::Follow {
+                slot,
+                addr,
+                ask: cause.starts_with(b"-ASK "),
+            }
+        }
+        Some(Redirect::ClusterDown) => TxAction::Retry {
+            why: RetryReason::ClusterDown,
+            refresh: Some(RefreshReason::ClusterDown),
+        },
+        Some(Redirect::TryAgain) | Some(Redirect::Loading) => TxAction::Retry {
+            why: RetryReason::TryAgain,
+            refresh: None,
+        },
+    };
+    if f.watched {
+        return TxAction::Aborted;
+    }
+    action
+}
+
 /// The wait before retry number `attempt` (1, 2, ...): 10 ms doubling, at most 500 ms.
 pub(super) fn backoff(attempt: u8) -> Duration {
     Duration::from_millis((5u64 << attempt.min(7)).min(500))
@@ -127,7 +270,6 @@ mod tests {
             readonly,
             redirects: 0,
             max_redirects: 16,
-            pinned: false,
             script_loaded: false,
         }
     }
@@ -236,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn noscript_reloads_once_and_pinned_replies_pass() {
+    fn noscript_reloads_once_and_other_replies_pass() {
         let r = ok(b"-NOSCRIPT No matching script. Please use EVAL.\r\n");
         assert!(matches!(
             decide(&facts(false), &r, &node()),
@@ -245,10 +387,6 @@ mod tests {
         let mut once = facts(false);
         once.script_loaded = true;
         assert!(matches!(decide(&once, &r, &node()), Action::Finish));
-        let mut pinned = facts(false);
-        pinned.pinned = true;
-        let moved = ok(b"-MOVED 1 127.0.0.1:6381\r\n");
-        assert!(matches!(decide(&pinned, &moved, &node()), Action::Finish));
         assert!(matches!(
             decide(&facts(false), &ok(b"+OK\r\n"), &node()),
             Action::Finish
@@ -256,6 +394,170 @@ mod tests {
         assert!(matches!(
             decide(&facts(false), &ok(b"-ERR wrong\r\n"), &node()),
             Action::Finish
+        ));
+    }
+
+    fn tx(watched: bool, readonly: bool) -> TxFacts {
+        TxFacts {
+            watched,
+            readonly,
+            redirects: 0,
+            max_redirects: 16,
+        }
+    }
+
+    fn frames(f: &[&'static [u8]]) -> Result<Vec<&'static [u8]>, UpstreamError> {
+        Ok(f.to_vec())
+    }
+
+    #[test]
+    fn a_transaction_that_ran_gives_exec_reply() {
+        let r = frames(&[b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n:1\r\n"]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &r, &node()),
+            TxAction::Reply(b"*1\r\n:1\r\n")
+        ));
+        // A watched key changed: EXEC's null is the client's.
+        let r = frames(&[b"+OK\r\n", b"+QUEUED\r\n", b"*-1\r\n"]);
+        assert!(matches!(
+            decide_exec(&tx(true, false), &[], &r, &node()),
+            TxAction::Reply(b"*-1\r\n")
+        ));
+    }
+
+    #[test]
+    fn a_transaction_redirected_while_queued_is_replayed_unless_watched() {
+        let r = frames(&[
+            b"+OK\r\n",
+            b"-MOVED 7 127.0.0.1:7002\r\n",
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        ]);
+        match decide_exec(&tx(false, false), &[], &r, &node()) {
+            TxAction::Follow { slot, addr, ask } => {
+                assert_eq!((slot, addr, ask), (7, "127.0.0.1:7002", false))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide_exec(&tx(true, false), &[], &r, &node()),
+            TxAction::Aborted
+        ));
+        let r = frames(&[
+            b"+OK\r\n",
+            b"+QUEUED\r\n",
+            b"-ASK 7 127.0.0.1:7002\r\n",
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        ]);
+        // A PING queued, then a command on a migrated key.
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[false, true], &r, &node()),
+            TxAction::Follow { ask: true, .. }
+        ));
+        // EXEC itself redirected (a slot moved between queueing and EXEC).
+        let r = frames(&[b"+OK\r\n", b"+QUEUED\r\n", b"-MOVED 7 127.0.0.1:7002\r\n"]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &r, &node()),
+            TxAction::Follow { .. }
+        ));
+        let r = frames(&[b"+OK\r\n", b"-TRYAGAIN x\r\n", b"-EXECABORT y\r\n"]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &r, &node()),
+            TxAction::Retry {
+                why: RetryReason::TryAgain,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_transaction_split_by_a_migration_waits() {
+        let abort = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+        // INCR of a migrated key (ASK) and of a key still on the source (QUEUED).
+        let r = frames(&[
+            b"+OK\r\n",
+            b"-ASK 7 127.0.0.1:7002\r\n",
+            b"+QUEUED\r\n",
+            abort,
+        ]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[true, true], &r, &node()),
+            TxAction::Retry {
+                why: RetryReason::TryAgain,
+                ..
+            }
+        ));
+        // A keyless command (PING) queued beside it does not hold the transaction back.
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[true, false], &r, &node()),
+            TxAction::Follow { ask: true, .. }
+        ));
+        assert!(matches!(
+            decide_exec(&tx(true, false), &[true, true], &r, &node()),
+            TxAction::Aborted
+        ));
+    }
+
+    #[test]
+    fn other_queue_time_errors_abort_like_redis() {
+        let abort = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+        let r = frames(&[b"+OK\r\n", b"-NOPERM no\r\n", abort]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &r, &node()),
+            TxAction::Reply(x) if x == abort
+        ));
+    }
+
+    #[test]
+    fn a_lost_exec_is_never_replayed_unless_it_only_reads() {
+        let lost = Err(UpstreamError::Lost);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &lost, &node()),
+            TxAction::Fail(ProxyError::UnknownOutcome { .. })
+        ));
+        assert!(matches!(
+            decide_exec(&tx(false, true), &[], &lost, &node()),
+            TxAction::Retry {
+                why: RetryReason::ConnectionLost,
+                ..
+            }
+        ));
+        let unsent = Err(UpstreamError::NotSent);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &unsent, &node()),
+            TxAction::Retry {
+                why: RetryReason::Unreachable,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide_exec(&tx(true, false), &[], &unsent, &node()),
+            TxAction::Aborted
+        ));
+        assert!(matches!(
+            decide_exec(&tx(true, false), &[], &Err(UpstreamError::Timeout), &node()),
+            TxAction::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn a_refused_multi_is_reported() {
+        let r = frames(&[
+            b"-BUSY script\r\n",
+            b"-BUSY script\r\n",
+            b"-ERR EXEC without MULTI\r\n",
+        ]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &r, &node()),
+            TxAction::Reply(b"-BUSY script\r\n")
+        ));
+        let r = frames(&[
+            b"-BUSY script\r\n",
+            b"+OK\r\n",
+            b"-ERR EXEC without MULTI\r\n",
+        ]);
+        assert!(matches!(
+            decide_exec(&tx(false, false), &[], &r, &node()),
+            TxAction::Fail(_)
         ));
     }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::queue::{tag, Entry, Fanout, Flight, Meta, Post, Via};
 use super::Session;
-use crate::command::{self, Args};
+use crate::command::{self, Args, Local};
 use crate::error::ProxyError;
 use crate::merge::Merge;
 use crate::router::{self, Route, Target};
@@ -46,7 +46,7 @@ impl Session {
             if !self.authed {
                 return self.reply_error(ProxyError::redis("NOAUTH Authentication required."));
             }
-            return self.reply_error(ProxyError::redis(unknown_command(args)));
+            return self.reject(ProxyError::redis(unknown_command(args)));
         };
         if !self.authed && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
             return self.reply_error(ProxyError::redis("NOAUTH Authentication required."));
@@ -56,7 +56,7 @@ impl Session {
             match command::lookup_sub(spec, sub) {
                 Some(s) => spec = s,
                 None => {
-                    return self.reply_error(ProxyError::redis(format!(
+                    return self.reject(ProxyError::redis(format!(
                         "ERR unknown subcommand '{}'. Try {} HELP.",
                         String::from_utf8_lossy(&sub[..sub.len().min(128)]),
                         spec.name.to_ascii_uppercase()
@@ -68,7 +68,7 @@ impl Session {
             m.name = spec.name;
         }
         if !command::arity_ok(spec, args.len()) {
-            return self.reply_error(ProxyError::redis(format!(
+            return self.reject(ProxyError::redis(format!(
                 "ERR wrong number of arguments for '{}' command",
                 spec.name
             )));
@@ -85,15 +85,16 @@ impl Session {
         }
         // The snapshot is borrowed, not cloned, on the common path.
         let route = router::route(spec, args, self.topo.load(), &self.shared.cluster.registry);
-        if let Route::Subscribe(k) = route {
-            return self.subscribe(k, frame.clone(), args);
-        }
         if let Route::Transaction(t) = route {
             let topo = self.topo.load().clone();
             return self.transaction(t, frame.clone(), args, spec, &topo);
         }
-        if self.multi.is_some() {
-            return self.queue_in_multi(route, frame.clone(), args);
+        // Inside MULTI everything is queued, but QUIT and RESET, which Redis runs at once.
+        if self.multi.is_some() && !matches!(route, Route::Local(Local::Quit | Local::Reset)) {
+            return self.queue_in_multi(route, frame.clone(), spec);
+        }
+        if let Route::Subscribe(k) = route {
+            return self.subscribe(k, frame.clone(), args);
         }
         let now = self.now;
         match route {
@@ -136,6 +137,14 @@ impl Session {
                 self.fan_out(plan.merge, None, plan.order, parts, frame, now);
             }
         }
+    }
+
+    /// Refuses the command; inside MULTI that also fails the transaction, as in Redis.
+    fn reject(&mut self, e: ProxyError) {
+        if let Some(m) = &mut self.multi {
+            m.fail();
+        }
+        self.reply_error(e);
     }
 
     /// Queues one entry whose parts go out at once and are merged when all are back.

@@ -13,16 +13,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use super::decide::{self, decide, Action, Facts, Last};
+use super::decide::{self, decide, decide_exec, Action, Facts, Last, TxAction, TxFacts};
 use super::queue::{part_of, Entry, FlightState, Post, Via};
 use super::{pubsub, Session};
 use crate::error::ProxyError;
 use crate::merge::{merge, Merge};
 use crate::metrics::{Outcome, RefreshReason, RetryReason};
+use crate::resp::reply::ReplyScanner;
 use crate::resp::request::{Limits, RequestScanner};
 use crate::resp::write;
 use crate::router::{self, Target};
-use crate::upstream::{LinkKind, Node, Reply};
+use crate::upstream::{LinkKind, Node, Reply, UpstreamError};
 
 impl Session {
     /// Sends (or resends) the request `tag` to where its target (or a redirect) says.
@@ -31,7 +32,7 @@ impl Session {
             return;
         };
         match f.via {
-            Via::Pinned => return self.send_pinned(tag, now),
+            Via::Watch => return self.send_watch(tag, now),
             Via::Dedicated => return self.send_dedicated(tag, now),
             Via::Shared => {}
         }
@@ -52,7 +53,7 @@ impl Session {
             },
         };
         let sent = match self.worker.link(node, self.proto, self.id as usize) {
-            Ok(link) => match link.send(&f.frame, asking, tag, &self.inbox, now) {
+            Ok(link) => match link.send_batch(&f.frame, asking, tag, &self.inbox, now, f.replies) {
                 Ok(()) => {
                     f.state = FlightState::InFlight;
                     f.link = Some(link);
@@ -99,8 +100,9 @@ impl Session {
         let Some(f) = self.queue.flight_mut(tag) else {
             return;
         };
-        let permit = match f.own.take() {
-            Some((_, permit)) => Some(permit),
+        f.own = None;
+        let permit = match f.permit.take() {
+            Some(permit) => Some(permit),
             None => self.shared.blocking_permit(),
         };
         let Some(permit) = permit else {
@@ -118,6 +120,16 @@ impl Session {
         let Some(node) = node else {
             return self.no_master(tag);
         };
+        // A resend (the slot moved while it waited, its node failed over) waits only for what
+        // is left of the client's timeout.
+        if let Some(prev) = f.sent_at {
+            if let Some(frame) =
+                with_remaining_timeout(&f.frame, now.saturating_duration_since(prev))
+            {
+                f.frame = frame;
+            }
+        }
+        f.sent_at = Some(now);
         let link = self
             .worker
             .owned(&node, self.proto, LinkKind::Dedicated)
@@ -126,7 +138,8 @@ impl Session {
             Some(link) => {
                 f.state = FlightState::InFlight;
                 f.link = Some(link.link().clone());
-                f.own = Some((link, permit));
+                f.own = Some(link);
+                f.permit = Some(permit);
             }
             None => {
                 drop(permit);
@@ -139,23 +152,79 @@ impl Session {
         }
     }
 
-    /// A request of a transaction, on its pinned link.
-    fn send_pinned(&mut self, tag: u64, now: Instant) {
+    /// A WATCH, on the link that holds the client's WATCHes (opened, or moved when the
+    /// WATCH was redirected before any key was held), or a watched transaction's batch on the
+    /// link its flight holds.
+    fn send_watch(&mut self, tag: u64, now: Instant) {
         let Some(f) = self.queue.flight_mut(tag) else {
             return;
         };
-        let sent = match &self.pinned {
-            Some(p) => {
-                f.link = Some(p.link.link().clone());
-                p.link.send(&f.frame, false, tag, &self.inbox, now).is_ok()
+        if f.replies > 1 {
+            f.state = FlightState::InFlight;
+            let sent = match &f.own {
+                Some(l) => {
+                    f.link = Some(l.link().clone());
+                    let (frame, asking, replies) = (&f.frame, f.asking, f.replies);
+                    l.send_batch(frame, asking, tag, &self.inbox, now, replies)
+                        .is_ok()
+                }
+                None => false,
+            };
+            if !sent {
+                // The connection holding the WATCHes is gone: they cannot be proved.
+                return self.finish_aborted_exec(tag);
             }
-            None => false,
-        };
-        f.state = FlightState::InFlight;
-        if !sent {
-            let e = ProxyError::TransactionLost;
-            self.finish(tag, e.frame(), e.outcome());
+            return;
         }
+        let redirect = f.redirect.take();
+        let slot = match f.target {
+            Target::Slot(s) => s,
+            _ => 0,
+        };
+        let held = self.watch.as_ref().is_some_and(|w| w.watching);
+        let usable = self.watch.as_ref().is_some_and(|w| w.link.is_usable());
+        if held && (redirect.is_some() || !usable) {
+            // Keys already watched on this connection cannot follow the slot: the transaction
+            // will answer null, as after a change to a watched key.
+            if let Some(w) = &mut self.watch {
+                w.broken = true;
+            }
+            return self.finish(tag, Bytes::from_static(b"+OK\r\n"), Outcome::Ok);
+        }
+        if redirect.is_some() || !usable {
+            let (node, ask) = match redirect {
+                Some(r) => r,
+                None => match self.topo.load().master_for(slot) {
+                    Some(n) => (n.clone(), false),
+                    None => return self.no_master(tag),
+                },
+            };
+            if !self.open_watch(node.clone(), ask) {
+                let e = ProxyError::Unreachable(node.addr.clone());
+                self.shared
+                    .cluster
+                    .request_refresh(RefreshReason::NodeFailure);
+                return self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
+            }
+        }
+        let (Some(f), Some(w)) = (self.queue.flight_mut(tag), &self.watch) else {
+            return;
+        };
+        f.link = Some(w.link.link().clone());
+        f.state = FlightState::InFlight;
+        if w.link
+            .send(&f.frame, w.asking, tag, &self.inbox, now)
+            .is_err()
+        {
+            let e = ProxyError::Unreachable(w.node.addr.clone());
+            self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
+        }
+    }
+
+    fn finish_aborted_exec(&mut self, tag: u64) {
+        let mut b = BytesMut::new();
+        write::null_array(&mut b, self.proto);
+        self.finish(tag, b.freeze(), Outcome::Ok);
     }
 
     /// A reply (or a link's failure) for one of this session's requests.
@@ -171,6 +240,9 @@ impl Session {
         if f.state != FlightState::InFlight {
             return;
         }
+        if f.replies > 1 {
+            return self.on_exec_reply(tag, reply.result);
+        }
         let result = match reply.result {
             // The common case: a reply that is the client's as it is.
             Ok(frame) if frame.first() != Some(&b'-') => {
@@ -182,7 +254,6 @@ impl Session {
             readonly: f.readonly,
             redirects: f.redirects,
             max_redirects,
-            pinned: f.via == Via::Pinned,
             script_loaded: f.script_loaded,
         };
         let node = f.node_addr();
@@ -193,21 +264,7 @@ impl Session {
                     self.finish(tag, frame, outcome);
                 }
             }
-            Action::Follow { slot, addr, ask } => {
-                let stats = &self.shared.stats;
-                (if ask { &stats.ask } else { &stats.moved }).fetch_add(1, Ordering::Relaxed);
-                let addr = full_addr(addr, &node);
-                let to = if ask {
-                    self.shared.cluster.registry.get_or_create(&addr)
-                } else {
-                    self.shared.cluster.note_moved(slot, &addr)
-                };
-                if let Some(f) = self.queue.flight_mut(tag) {
-                    f.redirects = f.redirects.saturating_add(1);
-                    f.redirect = Some((to, ask));
-                }
-                self.send(tag, Instant::now());
-            }
+            Action::Follow { slot, addr, ask } => self.follow(tag, slot, addr, ask, &node),
             Action::Retry { why, refresh, last } => {
                 if let Some(r) = refresh {
                     self.shared.cluster.request_refresh(r);
@@ -236,6 +293,83 @@ impl Session {
                 self.shared
                     .cluster
                     .request_refresh(RefreshReason::NodeFailure);
+                self.finish(tag, e.frame(), e.outcome());
+            }
+        }
+    }
+
+    /// Resends `tag` to where MOVED or ASK said; a MOVED also teaches the slot table, whichever
+    /// connection it came on.
+    fn follow(&mut self, tag: u64, slot: u16, addr: &str, ask: bool, asked: &str) {
+        let stats = &self.shared.stats;
+        (if ask { &stats.ask } else { &stats.moved }).fetch_add(1, Ordering::Relaxed);
+        let addr = full_addr(addr, asked);
+        let to = if ask {
+            self.shared.cluster.registry.get_or_create(&addr)
+        } else {
+            self.shared.cluster.note_moved(slot, &addr)
+        };
+        if let Some(f) = self.queue.flight_mut(tag) {
+            f.redirects = f.redirects.saturating_add(1);
+            f.redirect = Some((to, ask));
+        }
+        self.send(tag, Instant::now());
+    }
+
+    /// The replies of a transaction's batch (or its connection's failure).
+    fn on_exec_reply(&mut self, tag: u64, result: Result<Bytes, UpstreamError>) {
+        let max_redirects = self.shared.config.max_redirects;
+        let Some(f) = self.queue.flight_mut(tag) else {
+            return;
+        };
+        let facts = TxFacts {
+            watched: f.via == Via::Watch,
+            readonly: f.readonly,
+            redirects: f.redirects,
+            max_redirects,
+        };
+        let node = f.node_addr();
+        let keyed = f.keyed.clone().unwrap_or_default();
+        let whole = result.as_ref().ok().cloned().unwrap_or_default();
+        let frames = result.map(|b| {
+            split_replies(&b)
+                .into_iter()
+                .map(|(a, z)| &whole[a..z])
+                .collect()
+        });
+        match decide_exec(&facts, &keyed, &frames, &node) {
+            TxAction::Reply(frame) => {
+                let outcome = Outcome::of_reply(frame);
+                self.finish(tag, whole.slice_ref(frame), outcome)
+            }
+            TxAction::Aborted => self.finish_aborted_exec(tag),
+            TxAction::Follow { slot, addr, ask } => self.follow(tag, slot, addr, ask, &node),
+            TxAction::Retry { why, refresh } => {
+                if let Some(r) = refresh {
+                    self.shared.cluster.request_refresh(r);
+                }
+                let (last, outcome) = match frames.as_ref().ok().and_then(|f| f.last()) {
+                    Some(exec) => (whole.slice_ref(exec), Outcome::Error),
+                    None => {
+                        let e = ProxyError::NodeUnavailable {
+                            node: node.clone(),
+                            cause: UpstreamError::NotSent,
+                        };
+                        (e.frame(), e.outcome())
+                    }
+                };
+                self.retry_later(tag, last, outcome, why);
+            }
+            TxAction::Fail(e) => {
+                if matches!(e, ProxyError::UnknownOutcome { .. }) {
+                    self.shared
+                        .stats
+                        .unknown_outcome
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .cluster
+                        .request_refresh(RefreshReason::NodeFailure);
+                }
                 self.finish(tag, e.frame(), e.outcome());
             }
         }
@@ -332,7 +466,7 @@ impl Session {
         };
         match entry {
             Entry::One(f) => {
-                let unpin = matches!(f.post, Post::Unpin);
+                let watched = f.via == Via::Watch && f.replies == 1 && outcome == Outcome::Ok;
                 let reply = match f.post {
                     Post::Scan { slot } if frame.first() == Some(&b'*') => {
                         router::scan_reply(&frame, slot, self.topo.load())
@@ -345,8 +479,10 @@ impl Session {
                     outcome,
                     request: Some(request),
                 };
-                if unpin && self.multi.is_none() {
-                    self.pinned = None;
+                if watched {
+                    if let Some(w) = &mut self.watch {
+                        w.watching = true;
+                    }
                 }
             }
             Entry::Many(m) => {
@@ -355,6 +491,7 @@ impl Session {
                         f.state = FlightState::Done;
                         f.reply = Some((frame, outcome));
                         f.own = None;
+                        f.permit = None;
                         m.left -= 1;
                     }
                 }
@@ -406,6 +543,67 @@ impl Session {
     }
 }
 
+/// `frame` with its blocking timeout lowered by `spent` (never to 0, which means forever:
+/// at least 1 ms, so the node answers its own timeout reply). `None` when it has no timeout
+/// or waits forever.
+fn with_remaining_timeout(frame: &Bytes, spent: std::time::Duration) -> Option<Bytes> {
+    let mut buf = BytesMut::from(&frame[..]);
+    let mut sc = RequestScanner::new(Limits::default());
+    let frame = sc.next(&mut buf).ok()??;
+    let args = crate::command::Args {
+        frame: &frame,
+        ranges: sc.args(),
+    };
+    let spec = crate::command::lookup(args.get(0)?)?;
+    let (at, unit) = crate::command::block_timeout(spec.name, args)?;
+    let old = std::str::from_utf8(args.get(at)?).ok()?;
+    let new = match unit {
+        crate::command::TimeoutUnit::Seconds => {
+            let t: f64 = old.parse().ok()?;
+            if t <= 0.0 {
+                return None;
+            }
+            format!("{:.3}", (t - spent.as_secs_f64()).max(0.001))
+        }
+        crate::command::TimeoutUnit::Millis => {
+            let t: i64 = old.parse().ok()?;
+            if t <= 0 {
+                return None;
+            }
+            (t - spent.as_millis() as i64).max(1).to_string()
+        }
+    };
+    let parts: Vec<&[u8]> = (0..args.len())
+        .map(|i| {
+            if i == at {
+                new.as_bytes()
+            } else {
+                args.get(i).unwrap_or_default()
+            }
+        })
+        .collect();
+    Some(write::encode_command(parts))
+}
+
+/// The boundaries of the replies in a batch's reply buffer, pushes left out.
+fn split_replies(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let mut sc = ReplyScanner::new();
+        match sc.scan(&b[at..]) {
+            Ok(Some(len)) => {
+                if b[at] != b'>' {
+                    out.push((at, at + len));
+                }
+                at += len;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .take(64)
@@ -425,6 +623,41 @@ fn full_addr(addr: &str, asked: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resent_blocking_command_waits_only_what_is_left() {
+        let f = |parts: &[&str]| {
+            write::encode_command(parts.iter().map(|p| p.as_bytes()).collect::<Vec<_>>())
+        };
+        let spent = std::time::Duration::from_millis(1500);
+        assert_eq!(
+            with_remaining_timeout(&f(&["BLPOP", "a", "b", "5"]), spent),
+            Some(f(&["BLPOP", "a", "b", "3.500"]))
+        );
+        assert_eq!(
+            with_remaining_timeout(&f(&["blmpop", "2", "1", "k", "LEFT"]), spent),
+            Some(f(&["blmpop", "0.500", "1", "k", "LEFT"]))
+        );
+        assert_eq!(
+            with_remaining_timeout(
+                &f(&["XREAD", "COUNT", "1", "BLOCK", "1000", "STREAMS", "s", "$"]),
+                spent
+            ),
+            Some(f(&[
+                "XREAD", "COUNT", "1", "BLOCK", "1", "STREAMS", "s", "$"
+            ]))
+        );
+        // 0 waits forever, and stays 0; the time already over still leaves the node 1 ms.
+        assert_eq!(
+            with_remaining_timeout(&f(&["BLPOP", "a", "0"]), spent),
+            None
+        );
+        assert_eq!(
+            with_remaining_timeout(&f(&["BRPOP", "a", "1"]), spent),
+            Some(f(&["BRPOP", "a", "0.001"]))
+        );
+        assert_eq!(with_remaining_timeout(&f(&["GET", "a"]), spent), None);
+    }
 
     #[test]
     fn empty_redirect_host_means_the_node_asked() {

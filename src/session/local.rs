@@ -52,7 +52,7 @@ impl Session {
             Local::Reset => {
                 self.pubsub = None;
                 self.multi = None;
-                self.pinned = None;
+                self.watch = None;
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none();

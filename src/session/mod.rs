@@ -76,7 +76,7 @@ pub struct Session {
     /// Drop the client now, without flushing (output limit reached).
     kill: bool,
     last_write: Option<Arc<Node>>,
-    pinned: Option<tx::Pinned>,
+    watch: Option<tx::Watch>,
     multi: Option<tx::Multi>,
     pubsub: Option<pubsub::PubSub>,
 }
@@ -117,7 +117,7 @@ impl Session {
             closing: false,
             kill: false,
             last_write: None,
-            pinned: None,
+            watch: None,
             multi: None,
             pubsub: None,
         };
@@ -347,7 +347,7 @@ impl Session {
 
     /// Whether the session holds a connection of its own that must close with the client.
     fn holds_dedicated(&self) -> bool {
-        self.pinned.is_some()
+        self.watch.is_some()
             || self.pubsub.is_some()
             || self
                 .queue

@@ -1,14 +1,18 @@
 //! Pub/sub for one client: its subscription connections and what it is subscribed to.
 //!
-//! Owns: the stream connection for SUBSCRIBE/PSUBSCRIBE (to the master of slot 0, where
-//! PUBLISH also goes, so PUBLISH's receiver count covers every slotmux subscriber), one stream
-//! per node for SSUBSCRIBE (sharded channels live on their slot's master), tracking the
-//! subscribed channels from Redis's own confirmations, delivering messages in arrival order,
-//! and re-subscribing elsewhere when a subscription's node dies (hiding the confirmations).
+//! Owns: the stream connection for SUBSCRIBE/PSUBSCRIBE (stream 0, on the master of slot 0,
+//! where PUBLISH also goes, so PUBLISH's receiver count covers every slotmux subscriber), one
+//! stream per node for SSUBSCRIBE (sharded channels live on their slot's master), tracking the
+//! subscriptions from Redis's own confirmations, delivering messages in arrival order, and
+//! keeping subscriptions alive while the cluster changes: a stream whose node dies is
+//! re-subscribed on the current owner, and a shard channel that a node drops because its slot
+//! moved (an unasked-for `sunsubscribe`), or whose SSUBSCRIBE met MOVED, is re-subscribed on
+//! the slot's new master. Confirmations of what slotmux re-subscribes are hidden; shard
+//! confirmations carry the client's total, as one Redis would count it.
 //! Must not: touch the shared connections or the request queue beyond appending frames.
 
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -20,15 +24,27 @@ use crate::command::Sub;
 use crate::error::ProxyError;
 use crate::merge::elements;
 use crate::metrics::{Outcome, RefreshReason};
+use crate::resp::reply::{classify, Redirect};
 use crate::resp::write::{self, Proto};
 use crate::upstream::{LinkKind, Node, OwnedLink, Reply};
 
 /// Tags of stream frames: `STREAM_BASE - i` for stream `i` (0 = SUBSCRIBE/PSUBSCRIBE).
 pub(super) const STREAM_BASE: u64 = u64::MAX - 1;
 const MAX_STREAMS: u64 = 4096;
+/// The retry tag for shard channels waiting for a home.
+const ORPHANS_TAG: u64 = STREAM_BASE - (MAX_STREAMS - 1);
 
 pub(super) fn is_stream_tag(tag: u64) -> bool {
     tag <= STREAM_BASE && tag > STREAM_BASE - MAX_STREAMS
+}
+
+/// A subscribe command sent on a stream and not yet fully confirmed.
+struct Pending {
+    channels: Vec<Bytes>,
+    /// Confirmations still to come.
+    left: usize,
+    /// slotmux's own re-subscription: the client must not see its confirmations.
+    hidden: bool,
 }
 
 struct Stream {
@@ -36,38 +52,84 @@ struct Stream {
     conn: Option<OwnedLink>,
     /// Subscriptions on this connection, as Redis last counted them.
     count: i64,
-    /// Confirmations still to hide after a re-subscribe.
-    swallow: usize,
-    /// Channels (sharded streams) or channels + patterns (stream 0) to restore.
+    /// Channels (and, on stream 0, patterns) the node confirmed.
     channels: BTreeSet<Bytes>,
     patterns: BTreeSet<Bytes>,
+    /// Subscribe commands in flight, in order.
+    sent: VecDeque<Pending>,
+    /// Unsubscribes the client asked for, not yet confirmed: any other unsubscribe
+    /// confirmation is the node's own doing.
+    leaving: BTreeSet<Bytes>,
+}
+
+impl Stream {
+    fn new(node: Arc<Node>, conn: OwnedLink) -> Stream {
+        Stream {
+            node,
+            conn: Some(conn),
+            count: 0,
+            channels: BTreeSet::new(),
+            patterns: BTreeSet::new(),
+            sent: VecDeque::new(),
+            leaving: BTreeSet::new(),
+        }
+    }
 }
 
 #[derive(Default)]
 pub(super) struct PubSub {
     /// Index 0: SUBSCRIBE/PSUBSCRIBE; others: SSUBSCRIBE per node.
     streams: Vec<Option<Stream>>,
+    /// Shard channels whose node dropped them, waiting to be subscribed on their new master.
+    orphans: BTreeSet<Bytes>,
 }
 
 impl PubSub {
     pub(super) fn subscribed(&self) -> bool {
-        self.streams.iter().flatten().any(|s| s.count > 0)
+        self.streams.iter().flatten().any(|s| s.count > 0) || !self.orphans.is_empty()
+    }
+
+    fn stream(&mut self, idx: usize) -> Option<&mut Stream> {
+        self.streams.get_mut(idx).and_then(|s| s.as_mut())
+    }
+
+    /// The client's shard channels, wherever they live now.
+    fn shard_count(&self) -> i64 {
+        let held: usize = self
+            .streams
+            .iter()
+            .skip(1)
+            .flatten()
+            .map(|s| s.channels.len())
+            .sum();
+        (held + self.orphans.len()) as i64
     }
 }
 
-fn confirmation(proto: Proto, kind: &str, channel: Option<&[u8]>, count: i64) -> Bytes {
+fn confirmation(proto: Proto, kind: &[u8], channel: Option<&[u8]>, count: i64) -> Bytes {
     let mut b = bytes::BytesMut::new();
     match proto {
         Proto::Resp2 => write::array_header(&mut b, 3),
         Proto::Resp3 => b.extend_from_slice(b">3\r\n"),
     }
-    write::bulk(&mut b, kind.as_bytes());
+    write::bulk(&mut b, kind);
     match channel {
         Some(c) => write::bulk(&mut b, c),
         None => write::null(&mut b, proto),
     }
     write::integer(&mut b, count);
     b.freeze()
+}
+
+/// The body of a bulk element of `frame` spanning `r` (header line cut off).
+fn body(frame: &[u8], r: (usize, usize)) -> Bytes {
+    let x = &frame[r.0..r.1];
+    let start = x
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    Bytes::copy_from_slice(x[start..].strip_suffix(b"\r\n").unwrap_or(&x[start..]))
 }
 
 impl Session {
@@ -99,6 +161,7 @@ impl Session {
         }
     }
 
+    /// Opens (or reopens) stream `idx` on `node`.
     fn open_stream(&mut self, idx: usize, node: Arc<Node>) -> bool {
         let tag = STREAM_BASE - idx as u64;
         let kind = LinkKind::Stream {
@@ -116,48 +179,82 @@ impl Session {
             Some(s) => {
                 s.node = node;
                 s.conn = Some(conn);
+                s.sent.clear();
+                s.count = 0;
             }
-            slot @ None => {
-                *slot = Some(Stream {
-                    node,
-                    conn: Some(conn),
-                    count: 0,
-                    swallow: 0,
-                    channels: BTreeSet::new(),
-                    patterns: BTreeSet::new(),
-                })
-            }
+            slot @ None => *slot = Some(Stream::new(node, conn)),
         }
         true
     }
 
-    fn stream_send(&self, idx: usize, frame: Bytes) -> bool {
-        let Some(Some(s)) = self
-            .pubsub
-            .as_ref()
-            .map(|p| p.streams.get(idx).and_then(|s| s.as_ref()))
-        else {
-            return false;
-        };
-        let Some(conn) = &s.conn else { return false };
-        conn.send_silent(&frame).is_ok()
-    }
-
-    fn shard_index(&self, node: &Arc<Node>) -> Option<usize> {
-        let ps = self.pubsub.as_ref()?;
-        ps.streams
+    /// The shard stream on `node`, opened if needed.
+    fn shard_stream(&mut self, node: &Arc<Node>) -> Option<usize> {
+        let ps = self.pubsub.get_or_insert_with(PubSub::default);
+        let found = ps.streams.iter().enumerate().skip(1).find_map(|(i, s)| {
+            s.as_ref()
+                .filter(|s| Arc::ptr_eq(&s.node, node) && s.conn.is_some())
+                .map(|_| i)
+        });
+        if found.is_some() {
+            return found;
+        }
+        let free = ps
+            .streams
             .iter()
             .enumerate()
             .skip(1)
-            .find_map(|(i, s)| match s {
-                Some(s) if Arc::ptr_eq(&s.node, node) => Some(i),
-                _ => None,
-            })
+            .find(|(_, s)| s.is_none())
+            .map(|(i, _)| i)
+            .unwrap_or(ps.streams.len().max(1));
+        if free as u64 >= MAX_STREAMS - 1 || !self.open_stream(free, node.clone()) {
+            return None;
+        }
+        Some(free)
+    }
+
+    /// Sends a command on stream `idx`; a subscribe command is recorded to match its
+    /// confirmations.
+    fn stream_send(&mut self, idx: usize, frame: &[u8], sub: Option<(Vec<Bytes>, bool)>) -> bool {
+        let Some(s) = self.pubsub.as_mut().and_then(|p| p.stream(idx)) else {
+            return false;
+        };
+        let Some(conn) = &s.conn else { return false };
+        if conn.send_silent(frame).is_err() {
+            return false;
+        }
+        if let Some((channels, hidden)) = sub {
+            s.sent.push_back(Pending {
+                left: channels.len(),
+                channels,
+                hidden,
+            });
+        }
+        true
+    }
+
+    /// Subscribes `channels` on the stream of `kind` (`b"SUBSCRIBE"`, `b"PSUBSCRIBE"`,
+    /// `b"SSUBSCRIBE"`), `hidden` for slotmux's own re-subscriptions.
+    fn send_subscribe(
+        &mut self,
+        idx: usize,
+        kind: &[u8],
+        channels: Vec<Bytes>,
+        hidden: bool,
+    ) -> bool {
+        let frame = write::encode_command(
+            std::iter::once(kind)
+                .chain(channels.iter().map(|c| &c[..]))
+                .collect::<Vec<_>>(),
+        );
+        self.stream_send(idx, &frame, Some((channels, hidden)))
     }
 
     pub(super) fn subscribe(&mut self, kind: Sub, frame: Bytes, args: crate::command::Args<'_>) {
         let topo = self.topo.load().clone();
-        let channels: Vec<&[u8]> = (1..args.len()).filter_map(|i| args.get(i)).collect();
+        let channels: Vec<Bytes> = (1..args.len())
+            .filter_map(|i| args.get(i))
+            .map(Bytes::copy_from_slice)
+            .collect();
         match kind {
             Sub::Subscribe | Sub::PSubscribe => {
                 let has = self.pubsub.as_ref().is_some_and(
@@ -171,74 +268,121 @@ impl Session {
                         return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                     }
                 }
-                self.stream_send(0, frame);
+                self.stream_send(0, &frame, Some((channels, false)));
             }
             Sub::Unsubscribe | Sub::PUnsubscribe => {
-                if !self.stream_send(0, frame) {
-                    let name = if kind == Sub::Unsubscribe {
-                        "unsubscribe"
-                    } else {
-                        "punsubscribe"
-                    };
-                    self.local_unsubscribed(name, &channels);
+                let name: &[u8] = if kind == Sub::Unsubscribe {
+                    b"unsubscribe"
+                } else {
+                    b"punsubscribe"
+                };
+                if let Some(s) = self.pubsub.as_mut().and_then(|p| p.stream(0)) {
+                    if s.conn.is_some() {
+                        let all = if kind == Sub::Unsubscribe {
+                            &s.channels
+                        } else {
+                            &s.patterns
+                        };
+                        let leaving: Vec<Bytes> = if channels.is_empty() {
+                            all.iter().cloned().collect()
+                        } else {
+                            channels.clone()
+                        };
+                        s.leaving.extend(leaving);
+                        self.stream_send(0, &frame, None);
+                        return;
+                    }
                 }
+                self.local_unsubscribed(name, &channels, 0);
             }
             Sub::SSubscribe => {
-                let slot = match channels
-                    .iter()
-                    .map(|c| key_slot(c))
-                    .collect::<BTreeSet<_>>()
-                {
-                    s if s.len() == 1 => *s.iter().next().unwrap_or(&0),
-                    _ => return self.reply_error(ProxyError::CrossSlot),
+                let slots: BTreeSet<u16> = channels.iter().map(|c| key_slot(c)).collect();
+                let &[slot] = slots.iter().copied().collect::<Vec<_>>().as_slice() else {
+                    return self.reply_error(ProxyError::CrossSlot);
                 };
                 let Some(node) = topo.master_for(slot).cloned() else {
                     return self.reply_error(ProxyError::SlotNotServed);
                 };
-                let idx = match self.shard_index(&node) {
-                    Some(i) => i,
-                    None => {
-                        let i = self
-                            .pubsub
-                            .as_ref()
-                            .map(|p| p.streams.len().max(1))
-                            .unwrap_or(1);
-                        if i as u64 >= MAX_STREAMS || !self.open_stream(i, node.clone()) {
-                            return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
-                        }
-                        i
-                    }
+                let Some(idx) = self.shard_stream(&node) else {
+                    return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                 };
-                self.stream_send(idx, frame);
-            }
-            Sub::SUnsubscribe => {
-                let mut sent = false;
-                if channels.is_empty() {
-                    let n = self.pubsub.as_ref().map(|p| p.streams.len()).unwrap_or(0);
-                    for i in 1..n {
-                        sent |= self.stream_send(i, frame.clone());
-                    }
-                } else if let Some(node) = topo.master_for(key_slot(channels[0])).cloned() {
-                    if let Some(i) = self.shard_index(&node) {
-                        sent = self.stream_send(i, frame);
+                if let Some(ps) = &mut self.pubsub {
+                    for c in &channels {
+                        ps.orphans.remove(c);
                     }
                 }
-                if !sent {
-                    self.local_unsubscribed("sunsubscribe", &channels);
-                }
+                self.stream_send(idx, &frame, Some((channels, false)));
             }
+            Sub::SUnsubscribe => self.sunsubscribe(channels),
         }
     }
 
-    /// Redis's answer to an unsubscribe from something never subscribed.
-    fn local_unsubscribed(&mut self, kind: &str, channels: &[&[u8]]) {
+    fn sunsubscribe(&mut self, channels: Vec<Bytes>) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return self.local_unsubscribed(b"sunsubscribe", &channels, 0);
+        };
+        // Orphans are the client's too: unsubscribing them needs no node.
+        let wanted: Vec<Bytes> = if channels.is_empty() {
+            let mut all: Vec<Bytes> = ps.orphans.iter().cloned().collect();
+            for s in ps.streams.iter().skip(1).flatten() {
+                all.extend(s.channels.iter().cloned());
+            }
+            all
+        } else {
+            channels.clone()
+        };
+        let mut local = Vec::new();
+        let mut targets: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        for c in wanted {
+            if ps.orphans.remove(&c) {
+                local.push(c);
+                continue;
+            }
+            let at = ps.streams.iter().enumerate().skip(1).find_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| s.conn.is_some() && s.channels.contains(&c))
+                    .map(|_| i)
+            });
+            match at {
+                Some(i) => match targets.iter_mut().find(|t| t.0 == i) {
+                    Some(t) => t.1.push(c),
+                    None => targets.push((i, vec![c])),
+                },
+                None => local.push(c),
+            }
+        }
+        for (i, cs) in &targets {
+            if let Some(s) = ps.stream(*i) {
+                s.leaving.extend(cs.iter().cloned());
+            }
+        }
+        for (i, cs) in targets {
+            let frame = write::encode_command(
+                std::iter::once(&b"SUNSUBSCRIBE"[..])
+                    .chain(cs.iter().map(|c| &c[..]))
+                    .collect::<Vec<_>>(),
+            );
+            self.stream_send(i, &frame, None);
+        }
+        if !local.is_empty() || (channels.is_empty() && self.pubsub_shard_count() == 0) {
+            let count = self.pubsub_shard_count();
+            self.local_unsubscribed(b"sunsubscribe", &local, count);
+        }
+    }
+
+    fn pubsub_shard_count(&self) -> i64 {
+        self.pubsub.as_ref().map(|p| p.shard_count()).unwrap_or(0)
+    }
+
+    /// Redis's answer to an unsubscribe from something not (or no longer) subscribed.
+    fn local_unsubscribed(&mut self, kind: &[u8], channels: &[Bytes], count: i64) {
         let proto = self.proto;
         if channels.is_empty() {
-            let f = confirmation(proto, kind, None, 0);
+            let f = confirmation(proto, kind, None, count);
             return self.reply_local(|o, _| o.extend_from_slice(&f));
         }
         for c in channels {
-            let f = confirmation(proto, kind, Some(c), 0);
+            let f = confirmation(proto, kind, Some(c), count);
             self.reply_local(|o, _| o.extend_from_slice(&f));
         }
     }
@@ -250,121 +394,211 @@ impl Session {
             Ok(f) => f,
             Err(_) => return self.stream_lost(idx),
         };
+        if frame.first() == Some(&b'-') {
+            return self.stream_error(idx, frame);
+        }
+        let Some(els) = elements(&frame).filter(|e| e.len() == 3) else {
+            return self.deliver(frame);
+        };
+        let kind = body(&frame, els[0]);
+        let subscribe = matches!(&kind[..], b"subscribe" | b"psubscribe" | b"ssubscribe");
+        let unsubscribe = matches!(
+            &kind[..],
+            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe"
+        );
+        if !subscribe && !unsubscribe {
+            return self.deliver(frame);
+        }
+        let chan = body(&frame, els[1]);
+        let count = std::str::from_utf8(&frame[els[2].0..els[2].1])
+            .ok()
+            .and_then(|c| c.trim().trim_start_matches(':').parse::<i64>().ok());
+        let shard = &kind[..] == b"ssubscribe" || &kind[..] == b"sunsubscribe";
+        let Some(ps) = self.pubsub.as_mut() else {
+            return self.deliver(frame);
+        };
+        let Some(s) = ps.stream(idx) else {
+            return self.deliver(frame);
+        };
+        if let Some(c) = count {
+            s.count = c;
+        }
         let mut hide = false;
-        if let Some(els) = elements(&frame) {
-            if els.len() == 3 {
-                let kind = &frame[els[0].0..els[0].1];
-                let body = |r: (usize, usize)| {
-                    let x = &frame[r.0..r.1];
-                    let start = x
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map(|p| p + 1)
-                        .unwrap_or(0);
-                    Bytes::copy_from_slice(x[start..].strip_suffix(b"\r\n").unwrap_or(&x[start..]))
-                };
-                let k = body(els[0]);
-                let is_conf = matches!(
-                    &k[..],
-                    b"subscribe"
-                        | b"unsubscribe"
-                        | b"psubscribe"
-                        | b"punsubscribe"
-                        | b"ssubscribe"
-                        | b"sunsubscribe"
-                );
-                let _ = kind;
-                if is_conf {
-                    let chan = body(els[1]);
-                    let raw = &frame[els[2].0..els[2].1];
-                    let count = std::str::from_utf8(raw)
-                        .ok()
-                        .and_then(|c| c.trim().trim_start_matches(':').parse::<i64>().ok());
-                    if let Some(Some(s)) = self
-                        .pubsub
-                        .as_mut()
-                        .map(|p| p.streams.get_mut(idx).and_then(|s| s.as_mut()))
-                    {
-                        match &k[..] {
-                            b"subscribe" | b"ssubscribe" => {
-                                s.channels.insert(chan);
-                            }
-                            b"psubscribe" => {
-                                s.patterns.insert(chan);
-                            }
-                            b"unsubscribe" | b"sunsubscribe" => {
-                                s.channels.remove(&chan);
-                            }
-                            _ => {
-                                s.patterns.remove(&chan);
-                            }
-                        }
-                        if let Some(c) = count {
-                            s.count = c;
-                        }
-                        if s.swallow > 0
-                            && (&k[..] == b"subscribe"
-                                || &k[..] == b"psubscribe"
-                                || &k[..] == b"ssubscribe")
-                        {
-                            s.swallow -= 1;
-                            hide = true;
-                        }
-                    }
+        let mut orphan = None;
+        if subscribe {
+            if &kind[..] == b"psubscribe" {
+                s.patterns.insert(chan.clone());
+            } else {
+                s.channels.insert(chan.clone());
+            }
+            if let Some(p) = s.sent.front_mut() {
+                hide = p.hidden;
+                p.left = p.left.saturating_sub(1);
+                if p.left == 0 {
+                    s.sent.pop_front();
                 }
             }
+        } else {
+            let asked = s.leaving.remove(&chan) || frame_has_null_channel(&frame, els[1]);
+            if &kind[..] == b"punsubscribe" {
+                s.patterns.remove(&chan);
+            } else {
+                s.channels.remove(&chan);
+            }
+            if !asked && shard {
+                // The node dropped a shard channel the client still wants: its slot moved.
+                hide = true;
+                orphan = Some(chan.clone());
+            }
         }
-        if !hide {
+        if let Some(c) = orphan {
+            ps.orphans.insert(c);
+            self.shared.cluster.request_refresh(RefreshReason::Moved);
+            self.adopt_orphans();
+        }
+        if hide {
+            return;
+        }
+        if shard {
+            // Redis counts all of the client's shard channels; each node knows only its own.
+            let total = self.pubsub_shard_count();
+            let f = confirmation(self.proto_of(&frame), &kind, Some(&chan), total);
+            return self.deliver(f);
+        }
+        self.deliver(frame);
+    }
+
+    fn proto_of(&self, frame: &[u8]) -> Proto {
+        if frame.first() == Some(&b'>') {
+            Proto::Resp3
+        } else {
+            self.proto
+        }
+    }
+
+    /// An error reply on a stream answers its oldest subscribe command: a MOVED for an
+    /// SSUBSCRIBE re-homes its channels; other errors are the client's unless slotmux sent it.
+    fn stream_error(&mut self, idx: usize, frame: Bytes) {
+        let pending = self
+            .pubsub
+            .as_mut()
+            .and_then(|p| p.stream(idx))
+            .and_then(|s| s.sent.pop_front());
+        if let (Some(p), Some(redirect)) = (&pending, classify(&frame)) {
+            if idx > 0 {
+                match redirect {
+                    Redirect::Moved { slot, addr } => {
+                        self.shared
+                            .stats
+                            .moved
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.shared.cluster.note_moved(slot, addr);
+                    }
+                    _ => self.shared.cluster.request_refresh(RefreshReason::Moved),
+                }
+                if let Some(ps) = self.pubsub.as_mut() {
+                    ps.orphans.extend(p.channels.iter().cloned());
+                }
+                return self.adopt_orphans();
+            }
+        }
+        if !pending.is_some_and(|p| p.hidden) {
             self.deliver(frame);
         }
     }
 
+    /// Subscribes every orphaned shard channel on its slot's current master (hidden), or
+    /// tries again shortly.
+    fn adopt_orphans(&mut self) {
+        let orphans: Vec<Bytes> = match self.pubsub.as_mut() {
+            Some(ps) => std::mem::take(&mut ps.orphans).into_iter().collect(),
+            None => return,
+        };
+        let topo = self.topo.load().clone();
+        let mut homes: Vec<(Arc<Node>, Vec<Bytes>)> = Vec::new();
+        let mut left = Vec::new();
+        for c in orphans {
+            match topo.master_for(key_slot(&c)) {
+                Some(n) => match homes.iter_mut().find(|h| Arc::ptr_eq(&h.0, n)) {
+                    Some(h) => h.1.push(c),
+                    None => homes.push((n.clone(), vec![c])),
+                },
+                None => left.push(c),
+            }
+        }
+        for (node, channels) in homes {
+            let sent = match self.shard_stream(&node) {
+                Some(idx) => self.send_subscribe(idx, b"SSUBSCRIBE", channels.clone(), true),
+                None => false,
+            };
+            if !sent {
+                left.extend(channels);
+            }
+        }
+        if !left.is_empty() {
+            if let Some(ps) = self.pubsub.as_mut() {
+                ps.orphans.extend(left);
+            }
+            self.retries
+                .push((Instant::now() + Duration::from_millis(200), ORPHANS_TAG));
+        }
+    }
+
     fn stream_lost(&mut self, idx: usize) {
-        let Some(Some(s)) = self
-            .pubsub
-            .as_mut()
-            .map(|p| p.streams.get_mut(idx).and_then(|s| s.as_mut()))
-        else {
+        let Some(ps) = self.pubsub.as_mut() else {
             return;
         };
+        let Some(s) = ps.stream(idx) else { return };
         s.conn = None;
+        s.sent.clear();
+        s.leaving.clear();
+        let node = s.node.addr.clone();
+        if idx > 0 {
+            // Each shard channel goes back to its own slot's master, wherever that is now.
+            let channels = std::mem::take(&mut s.channels);
+            ps.streams[idx] = None;
+            if channels.is_empty() {
+                return;
+            }
+            tracing::info!(node = %node, "shard subscription connection lost; re-subscribing");
+            ps.orphans.extend(channels);
+            self.shared
+                .cluster
+                .request_refresh(RefreshReason::NodeFailure);
+            self.retries
+                .push((Instant::now() + Duration::from_millis(200), ORPHANS_TAG));
+            return;
+        }
         if s.channels.is_empty() && s.patterns.is_empty() {
             return;
         }
-        tracing::info!(node = %s.node.addr, "subscription connection lost; re-subscribing");
+        tracing::info!(node = %node, "subscription connection lost; re-subscribing");
         self.shared
             .cluster
             .request_refresh(RefreshReason::NodeFailure);
-        self.retries.push((
-            Instant::now() + Duration::from_millis(200),
-            STREAM_BASE - idx as u64,
-        ));
+        self.retries
+            .push((Instant::now() + Duration::from_millis(200), STREAM_BASE));
     }
 
-    /// Re-creates a lost subscription connection on the channels' current node.
+    /// A retry tag of pub/sub came due: stream 0 or the orphans.
     pub(super) fn resubscribe(&mut self, tag: u64) {
-        let idx = (STREAM_BASE - tag) as usize;
+        if tag == ORPHANS_TAG {
+            return self.adopt_orphans();
+        }
+        if tag != STREAM_BASE {
+            return;
+        }
         let topo = self.topo.load().clone();
-        let Some(Some(s)) = self
-            .pubsub
-            .as_ref()
-            .map(|p| p.streams.get(idx).and_then(|s| s.as_ref()))
-        else {
+        let Some(s) = self.pubsub.as_mut().and_then(|p| p.stream(0)) else {
             return;
         };
         if s.conn.is_some() {
             return;
         }
-        let slot = if idx == 0 {
-            Some(0)
-        } else {
-            s.channels.iter().next().map(|c| key_slot(c))
-        };
         let channels: Vec<Bytes> = s.channels.iter().cloned().collect();
         let patterns: Vec<Bytes> = s.patterns.iter().cloned().collect();
-        let node = slot.and_then(|sl| topo.master_for(sl).cloned());
-        let opened = match node {
-            Some(n) => self.open_stream(idx, n),
+        let opened = match topo.master_for(0).cloned() {
+            Some(n) => self.open_stream(0, n),
             None => false,
         };
         if !opened {
@@ -372,32 +606,11 @@ impl Session {
                 .push((Instant::now() + Duration::from_millis(500), tag));
             return;
         }
-        let mut swallow = 0;
         if !channels.is_empty() {
-            let cmd: &[u8] = if idx == 0 {
-                b"SUBSCRIBE"
-            } else {
-                b"SSUBSCRIBE"
-            };
-            let parts: Vec<&[u8]> = std::iter::once(cmd)
-                .chain(channels.iter().map(|c| &c[..]))
-                .collect();
-            swallow += channels.len();
-            self.stream_send(idx, write::encode_command(parts));
+            self.send_subscribe(0, b"SUBSCRIBE", channels, true);
         }
         if !patterns.is_empty() {
-            let parts: Vec<&[u8]> = std::iter::once(&b"PSUBSCRIBE"[..])
-                .chain(patterns.iter().map(|c| &c[..]))
-                .collect();
-            swallow += patterns.len();
-            self.stream_send(idx, write::encode_command(parts));
-        }
-        if let Some(Some(s)) = self
-            .pubsub
-            .as_mut()
-            .map(|p| p.streams.get_mut(idx).and_then(|s| s.as_mut()))
-        {
-            s.swallow = swallow;
+            self.send_subscribe(0, b"PSUBSCRIBE", patterns, true);
         }
     }
 
@@ -426,4 +639,11 @@ impl Session {
         )));
         true
     }
+}
+
+/// Whether the channel element of an unsubscribe confirmation is null (unsubscribing with
+/// nothing subscribed): always an answer to the client.
+fn frame_has_null_channel(frame: &[u8], r: (usize, usize)) -> bool {
+    let x = &frame[r.0..r.1];
+    x.starts_with(b"$-1") || x.starts_with(b"_")
 }

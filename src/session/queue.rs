@@ -36,9 +36,6 @@ pub(super) enum Post {
     Scan {
         slot: u16,
     },
-    /// The transaction is over after this reply (EXEC, DISCARD, UNWATCH): release the pinned
-    /// connection.
-    Unpin,
 }
 
 /// Which connection a request travels on.
@@ -48,8 +45,9 @@ pub(super) enum Via {
     Shared,
     /// A link of its own, opened per send (blocking commands).
     Dedicated,
-    /// The session's pinned transaction link.
-    Pinned,
+    /// The link that holds the client's WATCHes: WATCH itself, and a watched transaction's
+    /// batch (the flight then holds that link in `own`).
+    Watch,
 }
 
 /// One request to one node, with its redirect and retry state.
@@ -71,9 +69,19 @@ pub(super) struct Flight {
     pub reply: Option<(Bytes, Outcome)>,
     pub post: Post,
     pub via: Via,
-    /// The dedicated link of a blocking command (closed when the flight is dropped), with its
-    /// place in the blocking-clients limit.
-    pub own: Option<(OwnedLink, Permit)>,
+    /// Replies the request gets: 1, or a transaction batch's MULTI + commands + EXEC.
+    pub replies: u32,
+    /// Send `ASKING` first even without a redirect (a batch for WATCHes held on a node that
+    /// imports the slot).
+    pub asking: bool,
+    /// A link of the flight's own, closed when the flight is dropped: a blocking command's
+    /// (with its place in the blocking-clients limit), or a watched transaction's.
+    pub own: Option<OwnedLink>,
+    pub permit: Option<Permit>,
+    /// A transaction batch: which of its queued commands have keys.
+    pub keyed: Option<Box<[bool]>>,
+    /// A blocking command: when it was last sent (a resend waits only what is left).
+    pub sent_at: Option<Instant>,
 }
 
 impl Flight {
@@ -92,7 +100,12 @@ impl Flight {
             reply: None,
             post: Post::None,
             via: Via::Shared,
+            replies: 1,
+            asking: false,
             own: None,
+            permit: None,
+            keyed: None,
+            sent_at: None,
         }
     }
 

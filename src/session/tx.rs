@@ -1,73 +1,89 @@
 //! Transactions: WATCH, MULTI, EXEC, DISCARD, UNWATCH.
 //!
-//! Owns: pinning a transaction to the master of its first key on a link of the session's own,
-//! the keyless commands queued before that master is known, and Redis's own errors for misuse
-//! (nested MULTI, EXEC without MULTI, keys in two slots).
-//! Must not: send transaction commands on the shared links.
+//! Owns: the transaction being built (between MULTI and EXEC slotmux checks each command the
+//! way Redis does while queueing, answers `+QUEUED` itself and keeps the command), sending it
+//! at EXEC as one batch (`MULTI`, the commands, `EXEC`) to the slot's current owner, and the
+//! link of the session's own that holds its WATCHes. Replaying a batch that met MOVED, ASK,
+//! TRYAGAIN or CLUSTERDOWN (nothing ran) is the flight code's, by `decide_exec`.
+//! Must not: send an unwatched transaction anywhere but as one contiguous batch (so it may use
+//! the shared links), or run a watched one anywhere but on the connection holding the WATCH.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
-use super::queue::{tag, Entry, Flight, Post, Via};
+use super::queue::{tag, Entry, Flight, Via};
 use super::Session;
 use crate::cluster::Topology;
-use crate::command::{self, Args, Tx};
+use crate::command::{self, Args, Handling, Local, Tx};
 use crate::error::ProxyError;
 use crate::resp::write;
 use crate::router::{Route, Target};
 use crate::upstream::{LinkKind, Node, OwnedLink};
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
 
-/// The link a transaction (WATCH ... MULTI ... EXEC) is pinned to.
-pub(super) struct Pinned {
+/// The connection that holds a client's WATCHes, on the watched keys' master.
+pub(super) struct Watch {
     pub link: OwnedLink,
     pub node: Arc<Node>,
+    /// Watched on a node importing the slot: the batch needs `ASKING` there too.
+    pub asking: bool,
+    /// The slots of the watched keys.
+    pub slots: Vec<u16>,
+    /// A WATCH went through on this link.
+    pub watching: bool,
+    /// The watch can no longer be proved (a later WATCH was redirected, the link broke):
+    /// EXEC answers the null reply of an aborted transaction.
+    pub broken: bool,
 }
 
-/// State between MULTI and EXEC/DISCARD.
-#[derive(Default)]
+/// The transaction being built between MULTI and EXEC.
 pub(super) struct Multi {
+    /// `MULTI` and the queued commands, back to back.
+    batch: BytesMut,
+    count: u32,
+    /// The slot of the transaction's keys (all must share one, so a replay after a slot
+    /// moved can go to one node).
     slot: Option<u16>,
+    /// A command was refused while queueing: EXEC answers EXECABORT.
     aborted: bool,
-    /// Keyless commands answered QUEUED before the transaction had a node.
-    buffered: Vec<Bytes>,
+    /// Every queued command only reads.
+    readonly: bool,
+    /// Which queued commands have keys.
+    keyed: Vec<bool>,
+}
+
+impl Multi {
+    /// A command was refused while queueing: EXEC will answer EXECABORT.
+    pub(super) fn fail(&mut self) {
+        self.aborted = true;
+    }
+
+    fn new() -> Multi {
+        let mut batch = BytesMut::with_capacity(256);
+        batch.extend_from_slice(MULTI);
+        Multi {
+            batch,
+            count: 0,
+            slot: None,
+            aborted: false,
+            readonly: true,
+            keyed: Vec::new(),
+        }
+    }
+}
+
+/// What a command inside MULTI is, for the transaction.
+enum Queueable {
+    /// Goes into the batch; `Some(slot)` when it has keys.
+    Yes(Option<u16>),
+    /// Refused while queueing: the client gets the error, EXEC gets EXECABORT.
+    No(ProxyError),
 }
 
 impl Session {
-    /// Opens the transaction's own link to `node`.
-    fn pin(&mut self, node: Arc<Node>) -> bool {
-        match self.worker.owned(&node, self.proto, LinkKind::Dedicated) {
-            Some(link) => {
-                self.pinned = Some(Pinned { link, node });
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Sends on the pinned link a request whose reply slotmux already gave.
-    fn send_pinned_silently(&self, frame: &[u8]) {
-        if let Some(p) = &self.pinned {
-            let _ = p.link.send_silent(frame);
-        }
-    }
-
-    fn push_pinned(&mut self, frame: Bytes, post: Post) {
-        let mut f = Flight::new(frame, Target::AnyMaster, false).via(Via::Pinned);
-        f.post = post;
-        let n = self.push(Entry::One(f));
-        let now = self.now;
-        self.send(tag(n, 0), now);
-    }
-
-    fn abort_multi(&mut self, e: ProxyError) {
-        if let Some(m) = &mut self.multi {
-            m.aborted = true;
-        }
-        self.reply_error(e);
-    }
-
     pub(super) fn transaction(
         &mut self,
         t: Tx,
@@ -79,137 +95,225 @@ impl Session {
         match t {
             Tx::Multi => {
                 if self.multi.is_some() {
+                    // Redis answers this without failing the transaction.
                     return self
                         .reply_error(ProxyError::redis("ERR MULTI calls can not be nested"));
                 }
-                self.multi = Some(Multi::default());
-                if self.pinned.is_some() {
-                    self.push_pinned(frame, Post::None);
-                } else {
-                    self.reply_local(|o, _| write::ok(o));
-                }
+                self.multi = Some(Multi::new());
+                self.reply_local(|o, _| write::ok(o));
             }
             Tx::Watch => {
                 if self.multi.is_some() {
                     return self
                         .reply_error(ProxyError::redis("ERR WATCH inside MULTI is not allowed"));
                 }
-                let slot = match command::slot_of(spec, args) {
-                    command::SlotOf::One(s) => s,
-                    command::SlotOf::CrossSlot => return self.reply_error(ProxyError::CrossSlot),
-                    _ => {
-                        return self.reply_error(ProxyError::redis(
-                            "ERR wrong number of arguments for 'watch' command",
-                        ))
-                    }
-                };
-                let Some(node) = topo.master_for(slot).cloned() else {
-                    return self.reply_error(ProxyError::SlotNotServed);
-                };
-                match &self.pinned {
-                    Some(p) if !Arc::ptr_eq(&p.node, &node) => {
-                        return self.reply_error(ProxyError::CrossSlot)
-                    }
-                    Some(_) => {}
-                    None => {
-                        if !self.pin(node.clone()) {
-                            return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
-                        }
-                    }
-                }
-                self.push_pinned(frame, Post::None);
+                self.watch_keys(frame, args, spec, topo);
             }
-            Tx::Unwatch => match (&self.pinned, &self.multi) {
-                (Some(_), None) => self.push_pinned(frame, Post::Unpin),
-                (Some(_), Some(_)) => self.push_pinned(frame, Post::None),
-                (None, _) => self.reply_local(|o, _| write::ok(o)),
-            },
+            Tx::Unwatch if self.multi.is_some() => {
+                // Queued, as Redis does (a no-op by the time EXEC runs it).
+                self.queue_in_multi(Route::Forward(Target::AnyMaster), frame, spec)
+            }
+            Tx::Unwatch => {
+                // Closing the connection that holds the WATCHes forgets them.
+                self.watch = None;
+                self.reply_local(|o, _| write::ok(o));
+            }
             Tx::Discard => {
                 if self.multi.take().is_none() {
                     return self.reply_error(ProxyError::redis("ERR DISCARD without MULTI"));
                 }
-                if self.pinned.is_some() {
-                    self.push_pinned(frame, Post::Unpin);
-                } else {
-                    self.reply_local(|o, _| write::ok(o));
-                }
+                self.watch = None;
+                self.reply_local(|o, _| write::ok(o));
             }
-            Tx::Exec => {
-                let Some(m) = self.multi.take() else {
-                    return self.reply_error(ProxyError::redis("ERR EXEC without MULTI"));
-                };
-                if m.aborted {
-                    // Closing the link discards the transaction and the WATCHes.
-                    self.pinned = None;
-                    return self.reply_error(ProxyError::redis(
-                        "EXECABORT Transaction discarded because of previous errors.",
-                    ));
-                }
-                if self.pinned.is_none() {
-                    // Only keyless commands were queued: any master runs them.
-                    let Some(node) = topo.any_master(self.id as usize).cloned() else {
-                        return self.reply_error(ProxyError::SlotNotServed);
-                    };
-                    if !self.pin(node.clone()) {
-                        return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
-                    }
-                    self.send_pinned_silently(MULTI);
-                    for b in &m.buffered {
-                        self.send_pinned_silently(b);
-                    }
-                }
-                self.push_pinned(frame, Post::Unpin);
-            }
+            Tx::Exec => self.exec(),
         }
     }
 
-    /// A command between MULTI and EXEC: all keys of a transaction must share one slot, the
-    /// first key pins the transaction to that slot's master.
-    pub(super) fn queue_in_multi(&mut self, route: Route, frame: Bytes, args: Args<'_>) {
-        let slot = match &route {
-            Route::Forward(Target::Slot(s)) | Route::Blocking(s) => Some(*s),
-            Route::Scan { slot, .. } => Some(*slot),
-            Route::Split(_) => return self.abort_multi(ProxyError::CrossSlot),
-            Route::Error(e) => return self.abort_multi(e.clone()),
-            Route::Local(command::Local::Quit) => return self.local(command::Local::Quit, args),
-            _ => None,
+    fn watch_keys(
+        &mut self,
+        frame: Bytes,
+        args: Args<'_>,
+        spec: &'static command::CommandSpec,
+        topo: &Topology,
+    ) {
+        let slot = match command::slot_of(spec, args) {
+            command::SlotOf::One(s) => s,
+            command::SlotOf::CrossSlot => return self.reply_error(ProxyError::CrossSlot),
+            _ => {
+                return self.reply_error(ProxyError::redis(
+                    "ERR wrong number of arguments for 'watch' command",
+                ))
+            }
         };
-        let Some(m) = self.multi.as_mut() else { return };
-        if m.aborted {
-            return self.reply_local(|o, _| write::simple(o, "QUEUED"));
-        }
-        if let Some(s) = slot {
-            match m.slot {
-                Some(prev) if prev != s => return self.abort_multi(ProxyError::CrossSlot),
-                Some(_) => {}
-                None => {
-                    m.slot = Some(s);
-                    if self.pinned.is_none() {
-                        let topo = self.topo.load().clone();
-                        let Some(node) = topo.master_for(s).cloned() else {
-                            return self.abort_multi(ProxyError::SlotNotServed);
-                        };
-                        if !self.pin(node.clone()) {
-                            return self.abort_multi(ProxyError::Unreachable(node.addr.clone()));
-                        }
-                        let buffered = self
-                            .multi
-                            .as_mut()
-                            .map(|m| std::mem::take(&mut m.buffered))
-                            .unwrap_or_default();
-                        self.send_pinned_silently(MULTI);
-                        for b in &buffered {
-                            self.send_pinned_silently(b);
-                        }
-                    }
+        let Some(node) = topo.master_for(slot).cloned() else {
+            return self.reply_error(ProxyError::SlotNotServed);
+        };
+        match &mut self.watch {
+            // Already unprovable: EXEC will answer null whatever is watched now.
+            Some(w) if w.broken => return self.reply_local(|o, _| write::ok(o)),
+            Some(w) if w.watching && !w.link.is_usable() => {
+                w.broken = true;
+                return self.reply_local(|o, _| write::ok(o));
+            }
+            // One connection holds all of a client's WATCHes: keys of another master cannot
+            // join them.
+            Some(w) if w.watching && !Arc::ptr_eq(&w.node, &node) => {
+                return self.reply_error(ProxyError::CrossSlot)
+            }
+            Some(w) if Arc::ptr_eq(&w.node, &node) && w.link.is_usable() => {}
+            _ => {
+                if !self.open_watch(node.clone(), false) {
+                    return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                 }
             }
         }
-        if self.pinned.is_some() {
-            self.push_pinned(frame, Post::None);
-        } else if let Some(m) = self.multi.as_mut() {
-            m.buffered.push(frame);
-            self.reply_local(|o, _| write::simple(o, "QUEUED"));
+        if let Some(w) = &mut self.watch {
+            if !w.slots.contains(&slot) {
+                w.slots.push(slot);
+            }
+        }
+        let f = Flight::new(frame, Target::Slot(slot), true).via(Via::Watch);
+        let n = self.push(Entry::One(f));
+        let now = self.now;
+        self.send(tag(n, 0), now);
+    }
+
+    /// Opens the link that will hold the client's WATCHes, on `node`.
+    pub(super) fn open_watch(&mut self, node: Arc<Node>, asking: bool) -> bool {
+        match self.worker.owned(&node, self.proto, LinkKind::Dedicated) {
+            Some(link) => {
+                let slots = self.watch.take().map(|w| w.slots).unwrap_or_default();
+                self.watch = Some(Watch {
+                    link,
+                    node,
+                    asking,
+                    slots,
+                    watching: false,
+                    broken: false,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn exec(&mut self) {
+        let Some(mut m) = self.multi.take() else {
+            return self.reply_error(ProxyError::redis("ERR EXEC without MULTI"));
+        };
+        let watch = self.watch.take();
+        if m.aborted {
+            return self.reply_error(ProxyError::redis(EXECABORT));
+        }
+        if watch.as_ref().is_some_and(|w| w.broken) {
+            return self.reply_local(write::null_array);
+        }
+        m.batch.extend_from_slice(EXEC);
+        let target = match m.slot {
+            Some(s) => Target::Slot(s),
+            None => Target::AnyMaster,
+        };
+        let mut f = Flight::new(m.batch.freeze(), target, m.readonly);
+        f.replies = m.count + 2;
+        f.keyed = Some(m.keyed.into_boxed_slice());
+        if let Some(w) = watch {
+            // The batch goes where the WATCHes are; the flight holds that link until EXEC is
+            // answered, so a WATCH pipelined after this EXEC starts a link of its own.
+            f.via = Via::Watch;
+            f.asking = w.asking;
+            f.own = Some(w.link);
+        }
+        let n = self.push(Entry::One(f));
+        let now = self.now;
+        self.send(tag(n, 0), now);
+    }
+
+    /// A command between MULTI and EXEC: checked as Redis checks it while queueing, then kept
+    /// for the batch and answered `+QUEUED`.
+    pub(super) fn queue_in_multi(
+        &mut self,
+        route: Route,
+        frame: Bytes,
+        spec: &'static command::CommandSpec,
+    ) {
+        let verdict = self.queueable(&route, spec);
+        let limit = self.shared.config.client_query_buffer_limit;
+        let topo = self.topo.load().clone();
+        let Some(m) = self.multi.as_mut() else { return };
+        let slot = match verdict {
+            Queueable::No(e) => {
+                m.aborted = true;
+                return self.reply_error(e);
+            }
+            Queueable::Yes(slot) => slot,
+        };
+        if let Some(s) = slot {
+            let joins = match (m.slot, &mut self.watch) {
+                (Some(prev), _) => prev == s,
+                (None, None) => true,
+                // Watched: the keys must live where the WATCHes are. A watched slot that has
+                // moved since counts as a change to the watched keys: EXEC answers null.
+                (None, Some(w)) => {
+                    let there = topo.master_for(s).is_some_and(|o| Arc::ptr_eq(o, &w.node));
+                    if !there && w.slots.contains(&s) {
+                        w.broken = true;
+                    }
+                    there || w.slots.contains(&s)
+                }
+            };
+            if !joins {
+                m.aborted = true;
+                return self.reply_error(ProxyError::CrossSlot);
+            }
+            m.slot = Some(s);
+        }
+        if (m.batch.len() + frame.len()) as u64 > limit {
+            m.aborted = true;
+            return self.reply_error(ProxyError::redis(
+                "ERR slotmux: transaction larger than --client-query-buffer-limit",
+            ));
+        }
+        m.batch.extend_from_slice(&frame);
+        m.count += 1;
+        m.keyed.push(slot.is_some());
+        m.readonly &= command::is_readonly(spec);
+        self.reply_local(|o, _| write::simple(o, "QUEUED"));
+    }
+
+    /// Whether a routed command can be part of a transaction, and its slot.
+    fn queueable(&self, route: &Route, spec: &'static command::CommandSpec) -> Queueable {
+        if spec.flags & command::table::F_NO_MULTI != 0 {
+            return Queueable::No(ProxyError::redis(
+                "ERR Command not allowed inside a transaction",
+            ));
+        }
+        let refuse = |why: &'static str| {
+            Queueable::No(ProxyError::Refused {
+                command: spec.name.replace('|', " "),
+                why,
+            })
+        };
+        match route {
+            Route::Forward(Target::Slot(_)) if command::policy(spec) == Handling::PubSubNode => {
+                // PUBLISH reaches every node's subscribers from any node.
+                Queueable::Yes(None)
+            }
+            Route::Forward(Target::Slot(s)) | Route::Blocking(s) => Queueable::Yes(Some(*s)),
+            Route::Forward(_) | Route::LastWrite => Queueable::Yes(None),
+            Route::Local(Local::Ping | Local::Echo | Local::ClusterKeySlot | Local::Select) => {
+                Queueable::Yes(None)
+            }
+            Route::Error(e) => Queueable::No(e.clone()),
+            Route::Split(_) if matches!(command::policy(spec), Handling::Split(_)) => {
+                Queueable::No(ProxyError::CrossSlot)
+            }
+            Route::Split(_) => refuse(
+                "inside a transaction would run on one master only; slotmux runs it outside MULTI only",
+            ),
+            Route::Local(_) | Route::Info | Route::Scan { .. } | Route::Subscribe(_) => {
+                refuse("cannot be part of a transaction through slotmux")
+            }
+            Route::Transaction(_) => refuse("cannot be nested in a transaction"),
         }
     }
 }

@@ -125,6 +125,9 @@ struct Waiter {
     /// reaches it.
     end: u64,
     sent: Instant,
+    /// Replies it gets (a transaction sent as one batch gets one per command), delivered
+    /// together as one buffer.
+    replies: u32,
 }
 
 #[derive(PartialEq, Eq)]
@@ -205,13 +208,27 @@ impl Link {
         to: &Rc<Inbox>,
         now: Instant,
     ) -> Result<(), UpstreamError> {
-        self.queue(frame, asking, Some((tag, to)), now)
+        self.queue(frame, asking, Some((tag, to)), now, 1)
+    }
+
+    /// Queues `frame`, several commands back to back (MULTI ... EXEC), whose `replies` replies
+    /// come back together in one buffer: nothing from other sessions can come between them.
+    pub fn send_batch(
+        &self,
+        frame: &[u8],
+        asking: bool,
+        tag: u64,
+        to: &Rc<Inbox>,
+        now: Instant,
+        replies: u32,
+    ) -> Result<(), UpstreamError> {
+        self.queue(frame, asking, Some((tag, to)), now, replies.max(1))
     }
 
     /// Queues `frame` whose reply nobody waits for (pub/sub commands, a `SCRIPT LOAD` before a
     /// retried `EVALSHA`).
     pub fn send_silent(&self, frame: &[u8]) -> Result<(), UpstreamError> {
-        self.queue(frame, false, None, Instant::now())
+        self.queue(frame, false, None, Instant::now(), 1)
     }
 
     fn queue(
@@ -220,6 +237,7 @@ impl Link {
         asking: bool,
         to: Option<(u64, &Rc<Inbox>)>,
         now: Instant,
+        replies: u32,
     ) -> Result<(), UpstreamError> {
         let waker = {
             let mut st = self.st.borrow_mut();
@@ -236,6 +254,7 @@ impl Link {
                     tag: 0,
                     end,
                     sent: now,
+                    replies: 1,
                 });
             }
             st.wbuf.extend_from_slice(frame);
@@ -252,6 +271,7 @@ impl Link {
                     tag,
                     end,
                     sent: now,
+                    replies,
                 });
             }
             st.waker.take()
@@ -368,20 +388,32 @@ impl Link {
     fn dispatch(&self, st: &mut State, io: &mut Io) -> Result<(), String> {
         let now = Instant::now();
         loop {
-            match io.scanner.scan(&io.rbuf) {
+            // `batch`: bytes of the front request's replies scanned so far, when it gets several.
+            match io.scanner.scan(&io.rbuf[io.batch..]) {
                 Ok(Some(len)) => {
-                    let frame = io.rbuf.split_to(len).freeze();
                     if let LinkKind::Stream { tag, to } = &self.kind {
                         to.push(Reply {
                             tag: *tag,
-                            result: Ok(frame),
+                            result: Ok(io.rbuf.split_to(len).freeze()),
                         });
                         continue;
                     }
-                    if frame.first() == Some(&b'>') {
+                    if io.batch == 0 && io.rbuf.first() == Some(&b'>') {
                         // An out-of-band push: no subscriptions live on these connections.
+                        let _ = io.rbuf.split_to(len);
                         continue;
                     }
+                    let Some(front) = st.waiting.front() else {
+                        return Err("reply without a request".into());
+                    };
+                    io.batch += len;
+                    io.got += 1;
+                    if io.got < front.replies {
+                        continue;
+                    }
+                    let frame = io.rbuf.split_to(io.batch).freeze();
+                    io.batch = 0;
+                    io.got = 0;
                     let Some(w) = st.waiting.pop_front() else {
                         return Err("reply without a request".into());
                     };
@@ -474,6 +506,9 @@ struct Io {
     stream: TcpStream,
     rbuf: BytesMut,
     scanner: ReplyScanner,
+    /// Bytes, and replies, of a batch request's replies received so far.
+    batch: usize,
+    got: u32,
 }
 
 async fn run(link: Rc<Link>) {
@@ -489,6 +524,8 @@ async fn run(link: Rc<Link>) {
                 stream,
                 rbuf: BytesMut::new(),
                 scanner: ReplyScanner::new(),
+                batch: 0,
+                got: 0,
             };
             poll_fn(|cx| link.drive(cx, &mut io)).await
         }

@@ -12,6 +12,7 @@ mod pubsub;
 mod redirects;
 mod resp3;
 mod txblock;
+mod txmoves;
 
 use std::sync::OnceLock;
 use support::RedisCluster;
