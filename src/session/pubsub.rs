@@ -12,7 +12,7 @@
 //! Must not: touch the shared connections or the request queue beyond appending frames.
 
 use bytes::Bytes;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -41,6 +41,8 @@ pub(super) fn is_stream_tag(tag: u64) -> bool {
 /// A subscribe command sent on a stream and not yet fully confirmed.
 struct Pending {
     channels: Vec<Bytes>,
+    /// PSUBSCRIBE (stream 0 carries SUBSCRIBE and PSUBSCRIBE).
+    pattern: bool,
     /// Confirmations still to come.
     left: usize,
     /// slotmux's own re-subscription: the client must not see its confirmations.
@@ -80,13 +82,20 @@ impl Stream {
 pub(super) struct PubSub {
     /// Index 0: SUBSCRIBE/PSUBSCRIBE; others: SSUBSCRIBE per node.
     streams: Vec<Option<Stream>>,
-    /// Shard channels whose node dropped them, waiting to be subscribed on their new master.
-    orphans: BTreeSet<Bytes>,
+    /// Shard channels whose node dropped them (or died), waiting to be subscribed on their
+    /// slot's master; `true` when the client already has its confirmation (slotmux's own
+    /// re-subscription, hidden), `false` when the client still waits for it.
+    orphans: BTreeMap<Bytes, bool>,
+    /// Stream 0's subscribe commands that were in flight when it was lost: sent again,
+    /// visibly, when it is back (`true` for patterns).
+    unconfirmed: Vec<(Bytes, bool)>,
 }
 
 impl PubSub {
     pub(super) fn subscribed(&self) -> bool {
-        self.streams.iter().flatten().any(|s| s.count > 0) || !self.orphans.is_empty()
+        self.streams.iter().flatten().any(|s| s.count > 0)
+            || !self.orphans.is_empty()
+            || !self.unconfirmed.is_empty()
     }
 
     fn stream(&mut self, idx: usize) -> Option<&mut Stream> {
@@ -214,7 +223,12 @@ impl Session {
 
     /// Sends a command on stream `idx`; a subscribe command is recorded to match its
     /// confirmations.
-    fn stream_send(&mut self, idx: usize, frame: &[u8], sub: Option<(Vec<Bytes>, bool)>) -> bool {
+    fn stream_send(
+        &mut self,
+        idx: usize,
+        frame: &[u8],
+        sub: Option<(Vec<Bytes>, bool, bool)>,
+    ) -> bool {
         let Some(s) = self.pubsub.as_mut().and_then(|p| p.stream(idx)) else {
             return false;
         };
@@ -222,10 +236,11 @@ impl Session {
         if conn.send_silent(frame).is_err() {
             return false;
         }
-        if let Some((channels, hidden)) = sub {
+        if let Some((channels, pattern, hidden)) = sub {
             s.sent.push_back(Pending {
                 left: channels.len(),
                 channels,
+                pattern,
                 hidden,
             });
         }
@@ -246,7 +261,7 @@ impl Session {
                 .chain(channels.iter().map(|c| &c[..]))
                 .collect::<Vec<_>>(),
         );
-        self.stream_send(idx, &frame, Some((channels, hidden)))
+        self.stream_send(idx, &frame, Some((channels, kind == b"PSUBSCRIBE", hidden)))
     }
 
     pub(super) fn subscribe(&mut self, kind: Sub, frame: Bytes, args: crate::command::Args<'_>) {
@@ -268,7 +283,7 @@ impl Session {
                         return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                     }
                 }
-                self.stream_send(0, &frame, Some((channels, false)));
+                self.stream_send(0, &frame, Some((channels, kind == Sub::PSubscribe, false)));
             }
             Sub::Unsubscribe | Sub::PUnsubscribe => {
                 let name: &[u8] = if kind == Sub::Unsubscribe {
@@ -311,7 +326,7 @@ impl Session {
                         ps.orphans.remove(c);
                     }
                 }
-                self.stream_send(idx, &frame, Some((channels, false)));
+                self.stream_send(idx, &frame, Some((channels, false, false)));
             }
             Sub::SUnsubscribe => self.sunsubscribe(channels),
         }
@@ -323,7 +338,7 @@ impl Session {
         };
         // Orphans are the client's too: unsubscribing them needs no node.
         let wanted: Vec<Bytes> = if channels.is_empty() {
-            let mut all: Vec<Bytes> = ps.orphans.iter().cloned().collect();
+            let mut all: Vec<Bytes> = ps.orphans.keys().cloned().collect();
             for s in ps.streams.iter().skip(1).flatten() {
                 all.extend(s.channels.iter().cloned());
             }
@@ -334,7 +349,7 @@ impl Session {
         let mut local = Vec::new();
         let mut targets: Vec<(usize, Vec<Bytes>)> = Vec::new();
         for c in wanted {
-            if ps.orphans.remove(&c) {
+            if ps.orphans.remove(&c).is_some() {
                 local.push(c);
                 continue;
             }
@@ -452,7 +467,7 @@ impl Session {
             }
         }
         if let Some(c) = orphan {
-            ps.orphans.insert(c);
+            ps.orphans.insert(c, true);
             self.shared.cluster.request_refresh(RefreshReason::Moved);
             self.adopt_orphans();
         }
@@ -497,7 +512,8 @@ impl Session {
                     _ => self.shared.cluster.request_refresh(RefreshReason::Moved),
                 }
                 if let Some(ps) = self.pubsub.as_mut() {
-                    ps.orphans.extend(p.channels.iter().cloned());
+                    ps.orphans
+                        .extend(p.channels.iter().map(|c| (c.clone(), p.hidden)));
                 }
                 return self.adopt_orphans();
             }
@@ -507,32 +523,38 @@ impl Session {
         }
     }
 
-    /// Subscribes every orphaned shard channel on its slot's current master (hidden), or
-    /// tries again shortly.
+    /// Subscribes every orphaned shard channel on its slot's current master, or tries again
+    /// shortly.
     fn adopt_orphans(&mut self) {
-        let orphans: Vec<Bytes> = match self.pubsub.as_mut() {
+        let orphans: Vec<(Bytes, bool)> = match self.pubsub.as_mut() {
             Some(ps) => std::mem::take(&mut ps.orphans).into_iter().collect(),
             None => return,
         };
         let topo = self.topo.load().clone();
-        let mut homes: Vec<(Arc<Node>, Vec<Bytes>)> = Vec::new();
+        // One SSUBSCRIBE per (master, hidden or not).
+        let mut homes: Vec<(Arc<Node>, bool, Vec<Bytes>)> = Vec::new();
         let mut left = Vec::new();
-        for c in orphans {
+        for (c, hidden) in orphans {
             match topo.master_for(key_slot(&c)) {
-                Some(n) => match homes.iter_mut().find(|h| Arc::ptr_eq(&h.0, n)) {
-                    Some(h) => h.1.push(c),
-                    None => homes.push((n.clone(), vec![c])),
-                },
-                None => left.push(c),
+                Some(n) => {
+                    match homes
+                        .iter_mut()
+                        .find(|h| Arc::ptr_eq(&h.0, n) && h.1 == hidden)
+                    {
+                        Some(h) => h.2.push(c),
+                        None => homes.push((n.clone(), hidden, vec![c])),
+                    }
+                }
+                None => left.push((c, hidden)),
             }
         }
-        for (node, channels) in homes {
+        for (node, hidden, channels) in homes {
             let sent = match self.shard_stream(&node) {
-                Some(idx) => self.send_subscribe(idx, b"SSUBSCRIBE", channels.clone(), true),
+                Some(idx) => self.send_subscribe(idx, b"SSUBSCRIBE", channels.clone(), hidden),
                 None => false,
             };
             if !sent {
-                left.extend(channels);
+                left.extend(channels.into_iter().map(|c| (c, hidden)));
             }
         }
         if !left.is_empty() {
@@ -550,18 +572,29 @@ impl Session {
         };
         let Some(s) = ps.stream(idx) else { return };
         s.conn = None;
-        s.sent.clear();
         s.leaving.clear();
+        // Subscribe commands still unconfirmed are made again: hidden when slotmux sent them,
+        // visibly when the client waits for their confirmations.
+        let pending: Vec<(Bytes, bool, bool)> = s
+            .sent
+            .drain(..)
+            .flat_map(|p| {
+                let (pattern, hidden) = (p.pattern, p.hidden);
+                p.channels.into_iter().map(move |c| (c, pattern, hidden))
+            })
+            .collect();
         let node = s.node.addr.clone();
         if idx > 0 {
             // Each shard channel goes back to its own slot's master, wherever that is now.
             let channels = std::mem::take(&mut s.channels);
             ps.streams[idx] = None;
-            if channels.is_empty() {
+            ps.orphans.extend(channels.into_iter().map(|c| (c, true)));
+            ps.orphans
+                .extend(pending.into_iter().map(|(c, _, hidden)| (c, hidden)));
+            if ps.orphans.is_empty() {
                 return;
             }
             tracing::info!(node = %node, "shard subscription connection lost; re-subscribing");
-            ps.orphans.extend(channels);
             self.shared
                 .cluster
                 .request_refresh(RefreshReason::NodeFailure);
@@ -569,7 +602,14 @@ impl Session {
                 .push((Instant::now() + Duration::from_millis(200), ORPHANS_TAG));
             return;
         }
-        if s.channels.is_empty() && s.patterns.is_empty() {
+        let visible: Vec<(Bytes, bool)> = pending
+            .into_iter()
+            .filter(|p| !p.2)
+            .map(|(c, pattern, _)| (c, pattern))
+            .collect();
+        let empty = s.channels.is_empty() && s.patterns.is_empty() && visible.is_empty();
+        ps.unconfirmed.extend(visible);
+        if empty {
             return;
         }
         tracing::info!(node = %node, "subscription connection lost; re-subscribing");
@@ -597,11 +637,19 @@ impl Session {
         }
         let channels: Vec<Bytes> = s.channels.iter().cloned().collect();
         let patterns: Vec<Bytes> = s.patterns.iter().cloned().collect();
+        let unconfirmed = self
+            .pubsub
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.unconfirmed))
+            .unwrap_or_default();
         let opened = match topo.master_for(0).cloned() {
             Some(n) => self.open_stream(0, n),
             None => false,
         };
         if !opened {
+            if let Some(p) = self.pubsub.as_mut() {
+                p.unconfirmed = unconfirmed;
+            }
             self.retries
                 .push((Instant::now() + Duration::from_millis(500), tag));
             return;
@@ -611,6 +659,10 @@ impl Session {
         }
         if !patterns.is_empty() {
             self.send_subscribe(0, b"PSUBSCRIBE", patterns, true);
+        }
+        for (c, pattern) in unconfirmed {
+            let kind: &[u8] = if pattern { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
+            self.send_subscribe(0, kind, vec![c], false);
         }
     }
 

@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod mixed;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -201,6 +203,11 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     replicas_caught_up(c);
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&p, 4, "killload", stop.clone(), false);
+    // Clients of every kind on the victim's slots and elsewhere.
+    let masters = c.masters();
+    let mut slots = mixed::first_slots(&masters[0].2, 5000, 2);
+    slots.extend(mixed::first_slots(&masters[1].2, 5000, 1));
+    let mixed = mixed::Mixed::start(&p, "kill", 3, &slots);
     std::thread::sleep(Duration::from_millis(300));
     let victim_key = key_on(&keys, v);
     let t0 = Instant::now();
@@ -227,6 +234,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
     summarize("kill -9 master", &reports, recovered);
+    mixed.finish("kill -9 master", true);
     for r in &reports {
         for e in &r.errors {
             assert!(
@@ -510,6 +518,8 @@ fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
     let (from, to) = (&masters[0], &masters[1]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&p, 4, "reshardload", stop.clone(), true);
+    // Clients of every kind on slots the resharding moves.
+    let mixed = mixed::Mixed::start(&p, "rs", 4, &mixed::first_slots(&from.2, 1000, 4));
     let t0 = Instant::now();
     let entry = format!("127.0.0.1:{}", from.0);
     redis_cli(&[
@@ -528,6 +538,7 @@ fn live_resharding_under_load_has_no_errors_and_loses_nothing() {
     redis_cli(&["--cluster", "rebalance", &entry]);
     wait_consistent(&entry);
     let took = t0.elapsed();
+    mixed.finish("reshard 1000 slots + rebalance", false);
     finish_clean_load(
         &p,
         c,
