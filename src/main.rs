@@ -9,7 +9,11 @@ fn main() {
         Err(e) => e.exit(),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a log file or pipe gets plain text.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(tty);
     if config.log_format == "json" {
         builder.json().init();
     } else {

@@ -136,6 +136,7 @@ pub struct Metrics {
     backend_errors: IntCounterVec,
     backend_latency: HistogramVec,
     backend_connections: IntGaugeVec,
+    node_up: IntGaugeVec,
     // Copied from atomics at scrape time.
     clients: IntGauge,
     accepted: Counter,
@@ -199,6 +200,7 @@ impl Metrics {
             backend_errors: reg(&r, cvec("slotmux_backend_error_replies_total", "Error replies from each node (MOVED/ASK included)", &["node"])),
             backend_latency: reg(&r, hist("slotmux_backend_duration_seconds", "Time from writing a request to a node to reading its reply", &["node"])),
             backend_connections: reg(&r, IntGaugeVec::new(Opts::new("slotmux_backend_connections", "Open backend connections by node and kind (shared, dedicated, pubsub)"), &["node", "kind"]).expect("static metric")),
+            node_up: reg(&r, IntGaugeVec::new(Opts::new("slotmux_node_up", "1 while the node answers slotmux's health probe (a PING about once a second), 0 when it does not"), &["node"]).expect("static metric")),
             clients: reg(&r, gauge("slotmux_client_connections", "Client connections open now")),
             accepted: reg(&r, counter("slotmux_client_connections_accepted_total", "Client connections accepted")),
             rejected: reg(&r, cvec("slotmux_client_connections_rejected_total", "Client connections refused, by reason", &["reason"])),
@@ -233,6 +235,7 @@ impl Metrics {
             pubsub: self
                 .backend_connections
                 .with_label_values(&[addr, "pubsub"]),
+            probe_up: self.node_up.with_label_values(&[addr]),
         }
     }
 
@@ -242,6 +245,7 @@ impl Metrics {
         let _ = self.backend_requests.remove_label_values(&[addr]);
         let _ = self.backend_errors.remove_label_values(&[addr]);
         let _ = self.backend_latency.remove_label_values(&[addr]);
+        let _ = self.node_up.remove_label_values(&[addr]);
         for kind in ["shared", "dedicated", "pubsub"] {
             let _ = self.backend_connections.remove_label_values(&[addr, kind]);
         }
@@ -302,12 +306,8 @@ impl Metrics {
         } else {
             t.fetched_at.elapsed().as_secs() as i64
         });
-        self.unreachable.set(
-            t.masters
-                .iter()
-                .filter(|m| m.health().failures() > 0)
-                .count() as i64,
-        );
+        self.unreachable
+            .set(t.masters.iter().filter(|m| m.health().is_down()).count() as i64);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
@@ -323,6 +323,7 @@ pub struct NodeMetrics {
     pub shared: IntGauge,
     pub dedicated: IntGauge,
     pub pubsub: IntGauge,
+    pub probe_up: IntGauge,
 }
 
 struct CmdStat {

@@ -15,7 +15,7 @@ use crate::command::{self, Args, CommandSpec, Handling, Local, SlotOf};
 use crate::error::ProxyError;
 use crate::merge::Merge;
 use crate::resp::write::encode_command;
-use crate::upstream::{Node, Registry};
+use crate::upstream::Node;
 
 /// Where one request goes.
 #[derive(Debug, Clone)]
@@ -56,12 +56,7 @@ pub enum Route {
 }
 
 /// Routes a command whose spec (subcommand resolved) and arity were checked.
-pub fn route(
-    spec: &'static CommandSpec,
-    args: Args<'_>,
-    topo: &Topology,
-    registry: &Registry,
-) -> Route {
+pub fn route(spec: &'static CommandSpec, args: Args<'_>, topo: &Topology) -> Route {
     match command::policy(spec) {
         Handling::Local(l) => Route::Local(l),
         Handling::AnyMaster => Route::Forward(Target::AnyMaster),
@@ -113,7 +108,7 @@ pub fn route(
                 .map(|m| (Target::Node(m.clone()), whole(args)))
                 .collect();
             for r in topo.replicas.iter().flatten() {
-                parts.push((Target::Node(registry.get_or_create(r)), whole(args)));
+                parts.push((Target::Node(r.clone()), whole(args)));
             }
             Route::Split(Plan {
                 merge,

@@ -167,6 +167,7 @@ impl Shared {
             },
         );
         cluster.spawn_refresher();
+        crate::cluster::probe::spawn(&cluster);
         let shared = Arc::new(Shared {
             slowlog: crate::slowlog::SlowLog::new(config.slowlog_max_len),
             metrics,
@@ -205,7 +206,8 @@ impl Shared {
         Permit::try_take(&self.blocked, self.config.max_blocking_clients)
     }
 
-    /// Ready = every slot has a master and no master is in connect backoff.
+    /// Ready = every slot has a master and every master answers (its health probe, its
+    /// connections). Not ready names the unreachable masters and their slots.
     pub fn readiness(&self) -> Result<(), String> {
         let t = self.cluster.snapshot();
         if t.is_empty() {
@@ -223,8 +225,8 @@ impl Shared {
         let down: Vec<_> = t
             .masters
             .iter()
-            .filter(|m| m.health().failures() > 0)
-            .map(|m| m.addr.to_string())
+            .filter(|m| m.health().is_down())
+            .map(|m| format!("{} (slots {})", m.addr, t.slots_of(m)))
             .collect();
         if !down.is_empty() {
             return Err(format!("masters unreachable: {}", down.join(", ")));

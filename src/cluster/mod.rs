@@ -1,8 +1,9 @@
 //! What slotmux knows about the Redis Cluster: slots, the slot table and how it is refreshed.
 //!
-//! Owns: `key_slot`, the immutable [`topology::Topology`] snapshot behind an `ArcSwap`, and the
-//! refresh task. Must not: send client traffic (that is `upstream`'s job).
+//! Owns: `key_slot`, the immutable [`topology::Topology`] snapshot behind an `ArcSwap`, the
+//! refresh task and the health probes. Must not: send client traffic (that is `upstream`'s job).
 
+pub mod probe;
 pub mod refresh;
 pub mod slot;
 pub mod topology;

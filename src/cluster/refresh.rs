@@ -19,6 +19,9 @@ use crate::upstream::connect::query;
 use crate::upstream::{Node, Registry};
 use redis_protocol::resp2::types::OwnedFrame;
 
+/// The refresh period while the cluster is degraded (a master down, a slot uncovered).
+pub const DEGRADED_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Longest a seed's DNS lookup may take before the refresh goes on without it.
 pub const SEED_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -87,6 +90,12 @@ impl Cluster {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Whether a master of the current table is down or a slot has no master.
+    pub fn degraded(&self) -> bool {
+        let t = self.topo.load();
+        t.covered_slots() < super::slot::SLOTS || t.masters.iter().any(|m| m.health().is_down())
+    }
+
     /// Asks for a refresh soon (debounced). Cheap; callable from any task.
     pub fn request_refresh(&self, why: RefreshReason) {
         self.stats.requests[why.index()].fetch_add(1, Ordering::Relaxed);
@@ -124,6 +133,10 @@ impl Cluster {
                 let wait = if self.topo.load().is_empty() {
                     startup_delay = (startup_delay * 2).min(Duration::from_secs(2));
                     startup_delay
+                } else if self.degraded() {
+                    // A master is down or a slot has none: look often, to route to the
+                    // promoted replica as soon as the cluster has one.
+                    DEGRADED_INTERVAL.min(self.settings.interval)
                 } else {
                     self.settings.interval
                 };
@@ -153,12 +166,7 @@ impl Cluster {
     /// is held across the awaits that follow.
     fn known_nodes(&self) -> Vec<String> {
         let topo = self.topo.load_full();
-        let mut out: Vec<String> = Vec::new();
-        for (i, m) in topo.masters.iter().enumerate() {
-            out.push(m.addr.to_string());
-            out.extend(topo.replicas.get(i).into_iter().flatten().cloned());
-        }
-        out
+        topo.nodes().map(|n| n.addr.to_string()).collect()
     }
 
     /// Asks every known node, and every seed (resolved again, concurrently, each lookup
@@ -275,7 +283,8 @@ impl Cluster {
                 describe(&fresh)
             );
         }
-        let mut keep = fresh.masters.clone();
+        // Replicas are kept too: they are probed, and CONFIG SET reaches them.
+        let mut keep: Vec<Arc<Node>> = fresh.nodes().cloned().collect();
         keep.extend(old.masters.iter().cloned());
         self.topo.store(Arc::new(fresh));
         // Nodes that left both the old and the new map are forgotten.

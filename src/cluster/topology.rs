@@ -26,8 +26,8 @@ pub struct SlotRange {
 pub struct Topology {
     slots: Box<[u16]>,
     pub masters: Vec<Arc<Node>>,
-    /// Replica addresses of each master, same order as `masters`.
-    pub replicas: Vec<Vec<String>>,
+    /// Replicas of each master, same order as `masters`.
+    pub replicas: Vec<Vec<Arc<Node>>>,
     /// Which node's view this is (`None` for the empty start-up snapshot).
     pub source: Option<String>,
     pub generation: u64,
@@ -119,8 +119,8 @@ impl Topology {
                 }
             };
             for rep in &r.replicas {
-                if !t.replicas[idx].contains(rep) {
-                    t.replicas[idx].push(rep.clone());
+                if !t.replicas[idx].iter().any(|n| *n.addr == **rep) {
+                    t.replicas[idx].push(registry.get_or_create(rep));
                 }
             }
             for s in r.start..=r.end.min(SLOTS as u16 - 1) {
@@ -128,6 +128,27 @@ impl Topology {
             }
         }
         t
+    }
+
+    /// Every node of the map: masters, then replicas.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.masters.iter().chain(self.replicas.iter().flatten())
+    }
+
+    /// The slot ranges of the master `node`, as `a-b` text (for readiness messages).
+    pub fn slots_of(&self, node: &Arc<Node>) -> String {
+        self.ranges()
+            .iter()
+            .filter(|r| Arc::ptr_eq(&self.masters[r.2], node))
+            .map(|&(a, b, _)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A copy of this snapshot with `slot` owned by `node` (after a MOVED).

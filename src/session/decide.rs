@@ -256,9 +256,11 @@ pub(super) fn decide_exec<'a>(
     action
 }
 
-/// The wait before retry number `attempt` (1, 2, ...): 10 ms doubling, at most 500 ms.
+/// The wait before retry number `attempt` (1, 2, ...): 10 ms doubling, at most 250 ms (the
+/// refresh period while a master is down), so a command waiting out a failover goes out soon
+/// after the topology shows the promoted replica.
 pub(super) fn backoff(attempt: u8) -> Duration {
-    Duration::from_millis((5u64 << attempt.min(7)).min(500))
+    Duration::from_millis((5u64 << attempt.min(7)).min(250))
 }
 
 #[cfg(test)]
@@ -562,10 +564,11 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_half_a_second() {
+    fn backoff_doubles_to_a_quarter_second() {
         assert_eq!(backoff(1), Duration::from_millis(10));
         assert_eq!(backoff(2), Duration::from_millis(20));
-        assert_eq!(backoff(7), Duration::from_millis(500));
-        assert_eq!(backoff(255), Duration::from_millis(500));
+        assert_eq!(backoff(5), Duration::from_millis(160));
+        assert_eq!(backoff(6), Duration::from_millis(250));
+        assert_eq!(backoff(255), Duration::from_millis(250));
     }
 }

@@ -84,7 +84,7 @@ impl Session {
             self.worker.remember_script(body);
         }
         // The snapshot is borrowed, not cloned, on the common path.
-        let route = router::route(spec, args, self.topo.load(), &self.shared.cluster.registry);
+        let route = router::route(spec, args, self.topo.load());
         if let Route::Transaction(t) = route {
             let topo = self.topo.load().clone();
             return self.transaction(t, frame.clone(), args, spec, &topo);

@@ -207,9 +207,12 @@ impl Session {
                 return self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
             }
         }
-        let (Some(f), Some(w)) = (self.queue.flight_mut(tag), &self.watch) else {
+        let (Some(f), Some(w)) = (self.queue.flight_mut(tag), &mut self.watch) else {
             return;
         };
+        if !w.slots.contains(&slot) {
+            w.slots.push(slot);
+        }
         f.link = Some(w.link.link().clone());
         f.state = FlightState::InFlight;
         if w.link

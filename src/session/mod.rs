@@ -176,7 +176,7 @@ impl Session {
                 break;
             }
             if let Some(next) = s.retries.iter().map(|r| r.0).min() {
-                if retry_at.is_none_or(|at| next < at) {
+                if needs_rearm(retry_at, next) {
                     retry_sleep.as_mut().reset(next);
                     retry_at = Some(next);
                 }
@@ -356,6 +356,13 @@ impl Session {
     }
 }
 
+/// Whether the retry timer, armed for `armed` (if at all), must be moved to `next`: a retry
+/// due sooner than the armed one must not wait for it (a 10 ms TRYAGAIN behind a 250 ms
+/// CLUSTERDOWN backoff).
+fn needs_rearm(armed: Option<Instant>, next: Instant) -> bool {
+    armed.is_none_or(|at| next < at)
+}
+
 /// Gives back the memory of a buffer that once held a huge command or reply, once it is empty.
 fn shrink(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 1 << 20 {
@@ -368,4 +375,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_retry_moves_the_timer() {
+        let now = Instant::now();
+        let soon = now + Duration::from_millis(10);
+        let late = now + Duration::from_millis(250);
+        assert!(needs_rearm(None, late));
+        assert!(
+            needs_rearm(Some(late), soon),
+            "10 ms must not wait behind 250 ms"
+        );
+        assert!(!needs_rearm(Some(soon), late));
+        assert!(!needs_rearm(Some(soon), soon));
+    }
 }

@@ -145,33 +145,25 @@ impl Session {
                 ))
             }
         };
-        let Some(node) = topo.master_for(slot).cloned() else {
-            return self.reply_error(ProxyError::SlotNotServed);
-        };
-        match &mut self.watch {
+        // No master known (a failover): the WATCH waits for one in the retry loop.
+        let node = topo.master_for(slot).cloned();
+        match (&mut self.watch, node) {
             // Already unprovable: EXEC will answer null whatever is watched now.
-            Some(w) if w.broken => return self.reply_local(|o, _| write::ok(o)),
-            Some(w) if w.watching && !w.link.is_usable() => {
+            (Some(w), _) if w.broken => return self.reply_local(|o, _| write::ok(o)),
+            (Some(w), _) if w.watching && !w.link.is_usable() => {
                 w.broken = true;
                 return self.reply_local(|o, _| write::ok(o));
             }
             // One connection holds all of a client's WATCHes: keys of another master cannot
             // join them.
-            Some(w) if w.watching && !Arc::ptr_eq(&w.node, &node) => {
+            (Some(w), Some(node)) if w.watching && !Arc::ptr_eq(&w.node, &node) => {
                 return self.reply_error(ProxyError::CrossSlot)
             }
-            Some(w) if Arc::ptr_eq(&w.node, &node) && w.link.is_usable() => {}
-            _ => {
-                if !self.open_watch(node.clone(), false) {
-                    return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
-                }
-            }
+            // Nothing held yet on a connection to another node: the WATCH opens its own.
+            (Some(w), Some(node)) if !Arc::ptr_eq(&w.node, &node) => self.watch = None,
+            _ => {}
         }
-        if let Some(w) = &mut self.watch {
-            if !w.slots.contains(&slot) {
-                w.slots.push(slot);
-            }
-        }
+        // The link is opened (or the WATCH retried until it can be) when it is sent.
         let f = Flight::new(frame, Target::Slot(slot), true).via(Via::Watch);
         let n = self.push(Entry::One(f));
         let now = self.now;

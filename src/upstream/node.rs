@@ -24,11 +24,15 @@ fn clock_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Connect-failure bookkeeping for one node, shared by every worker's connections to it.
+/// What slotmux knows of one node's health, shared by every worker's connections to it:
+/// connect failures (with the reconnect backoff) and the verdict of the health probe.
 #[derive(Debug, Default)]
 pub struct Health {
     failures: AtomicU32,
     next_attempt_ms: AtomicU64,
+    /// The probe found the node unreachable (no answer in time, connection refused or
+    /// closed), until a probe gets through again.
+    unreachable: AtomicBool,
 }
 
 impl Health {
@@ -54,6 +58,21 @@ impl Health {
 
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// A probe got an answer; returns whether the node was down before.
+    pub(crate) fn probe_ok(&self) -> bool {
+        self.unreachable.swap(false, Ordering::Relaxed)
+    }
+
+    /// A probe failed; returns whether the node was up before.
+    pub(crate) fn probe_failed(&self) -> bool {
+        !self.unreachable.swap(true, Ordering::Relaxed)
+    }
+
+    /// Unreachable by the probe's verdict or by a failed connect.
+    pub fn is_down(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed) || self.failures() > 0
     }
 }
 
@@ -175,11 +194,9 @@ impl Registry {
             .clone()
     }
 
-    /// Whether the node at `addr` is known and its last connection attempt failed.
+    /// Whether the node at `addr` is known and down (probe or connect failure).
     pub fn is_failing(&self, addr: &str) -> bool {
-        self.nodes
-            .get(addr)
-            .is_some_and(|n| n.health.failures() > 0)
+        self.nodes.get(addr).is_some_and(|n| n.health.is_down())
     }
 
     /// Forgets nodes not in `keep`: workers close their connections to them, and their metric

@@ -169,6 +169,50 @@ fn victim(c: &RedisCluster) -> u16 {
     c.masters()[0].0
 }
 
+/// The first slot of master `port`.
+fn first_slot_of(c: &RedisCluster, port: u16) -> u16 {
+    let masters = c.masters();
+    let ranges = &masters.iter().find(|m| m.0 == port).expect("a master").2;
+    mixed::first_slots(ranges, 1, 1)[0]
+}
+
+/// How long after `t0` the cluster itself had another master serving `slot` (the promoted
+/// replica), by polling CLUSTER NODES of the surviving nodes every 50 ms.
+fn failover_clock(
+    c: &RedisCluster,
+    victim: u16,
+    slot: u16,
+    t0: Instant,
+) -> std::thread::JoinHandle<Option<Duration>> {
+    let ports: Vec<u16> = c.ports.iter().copied().filter(|&p| p != victim).collect();
+    std::thread::spawn(move || {
+        while t0.elapsed() < Duration::from_secs(60) {
+            for &port in &ports {
+                let Some(nodes) = support::try_cmd(port, &["CLUSTER", "NODES"]) else {
+                    continue;
+                };
+                let promoted = support::node_lines(&nodes).iter().any(|n| {
+                    n.port != victim
+                        && n.flags.contains("master")
+                        && !n.flags.contains("fail")
+                        && n.slots.iter().any(|r| {
+                            let (a, b) = r.split_once('-').unwrap_or((r, r));
+                            match (a.parse::<u16>(), b.parse::<u16>()) {
+                                (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                                _ => false,
+                            }
+                        })
+                });
+                if promoted {
+                    return Some(t0.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })
+}
+
 fn summarize(name: &str, reports: &[LoadReport], recovered: Duration) {
     let ok: u64 = reports.iter().map(|r| r.ok).sum();
     let errs: usize = reports.iter().map(|r| r.errors.len()).sum();
@@ -194,6 +238,77 @@ fn summarize(name: &str, reports: &[LoadReport], recovered: Duration) {
     }
 }
 
+/// Prints the cluster's own failover time beside the longest a client operation (a SET and
+/// a GET) was held through slotmux: issue 14's target is at most 1 s more.
+fn report_blocked(
+    name: &str,
+    clock: std::thread::JoinHandle<Option<Duration>>,
+    reports: &[LoadReport],
+) {
+    let failover = clock.join().unwrap();
+    let blocked = reports
+        .iter()
+        .map(|r| r.max_latency)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "[{name}] cluster failover after {failover:?}; longest client operation through slotmux {blocked:?}"
+    );
+}
+
+/// With no client traffic at all, /readyz turns 503 when a master dies (the health probe
+/// notices) and 200 again once the cluster has promoted its replica.
+#[test]
+fn readiness_follows_a_dead_master_without_traffic() {
+    let (_g, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    c.wait_settled();
+    let v = victim(c);
+    let slot = first_slot_of(c, v);
+    let t0 = Instant::now();
+    c.kill(v);
+    let clock = failover_clock(c, v, slot, t0);
+    let mut not_ready = None;
+    let mut ready_again = None;
+    while t0.elapsed() < Duration::from_secs(40) {
+        let (code, body) = p.http_get("/readyz");
+        match (code, not_ready) {
+            (503, None) => {
+                assert!(
+                    body.contains(&format!(":{v}")),
+                    "names the dead master: {body}"
+                );
+                not_ready = Some(t0.elapsed());
+            }
+            (200, Some(_)) => {
+                ready_again = Some(t0.elapsed());
+                break;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let promoted = clock.join().unwrap();
+    eprintln!(
+        "[readiness without traffic] 503 after {not_ready:?}; cluster promoted the replica after {promoted:?}; 200 again after {ready_again:?}"
+    );
+    let not_ready = not_ready.expect("/readyz never reported the dead master");
+    let ready_again = ready_again.expect("/readyz never came back");
+    let promoted = promoted.expect("the cluster never promoted a replica");
+    // Issue 14's targets are 2 s and 1 s; the bounds here leave room for a loaded machine.
+    assert!(
+        not_ready < Duration::from_secs(6),
+        "503 only after {not_ready:?}"
+    );
+    assert!(
+        ready_again < promoted + Duration::from_secs(5),
+        "200 only {:?} after the promotion",
+        ready_again.saturating_sub(promoted)
+    );
+    c.restart(v);
+    c.wait_healthy();
+}
+
 #[test]
 fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     let (_g, c) = cluster();
@@ -210,8 +325,10 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     let mixed = mixed::Mixed::start(&p, "kill", 3, &slots);
     std::thread::sleep(Duration::from_millis(300));
     let victim_key = key_on(&keys, v);
+    let slot = first_slot_of(c, v);
     let t0 = Instant::now();
     c.kill(v);
+    let clock = failover_clock(c, v, slot, t0);
     // Readiness drops while a master is unreachable...
     wait_until(
         "/readyz to report the dead master",
@@ -234,6 +351,7 @@ fn master_killed_under_load_fails_over_without_restarting_slotmux() {
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
     summarize("kill -9 master", &reports, recovered);
+    report_blocked("kill -9 master", clock, &reports);
     mixed.finish("kill -9 master", true);
     for r in &reports {
         for e in &r.errors {
@@ -269,8 +387,10 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
     let load = run_load(&p, 4, "stopload", stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
     let victim_key = key_on(&keys, v);
+    let slot = first_slot_of(c, v);
     let t0 = Instant::now();
     c.signal(v, libc::SIGSTOP);
+    let clock = failover_clock(c, v, slot, t0);
     // Whatever happens below, the node is resumed.
     struct Resume<'a>(&'a RedisCluster, u16);
     impl Drop for Resume<'_> {
@@ -284,6 +404,7 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
     summarize("SIGSTOP master", &reports, recovered);
+    report_blocked("SIGSTOP master", clock, &reports);
     drop(resume);
     for r in &reports {
         for e in &r.errors {
@@ -707,8 +828,16 @@ fn node_coming_back_on_a_new_address_is_followed() {
             || t.replicas
                 .iter()
                 .flatten()
-                .any(|r| r.ends_with(&format!(":{new_port}"))),
+                .any(|r| r.addr.ends_with(&format!(":{new_port}"))),
         "slotmux's map has the new address"
+    );
+    // The old address is forgotten, its metric series with it (issue 14: they stayed for
+    // ever, one set per address a pod ever had).
+    let old = format!("node=\"127.0.0.1:{v}\"");
+    wait_until(
+        "the old address's metric series to be removed",
+        Duration::from_secs(30),
+        || !p.http_get("/metrics").1.contains(&old),
     );
     c.wait_healthy();
 }

@@ -1001,3 +1001,91 @@ fn malformed_inline_input_gets_redis_errors_and_close() {
         assert_serves(&p, "after-malformed-inline");
     }
 }
+
+/// A RESP3 subscriber may run commands; pushes arriving while one of them is pending (here a
+/// BLPOP that never returns) queue behind its reply. That queue counts against the pub/sub
+/// output limit too (issue 14: it once grew without bound).
+#[test]
+fn pushes_queued_behind_a_pending_command_count_against_the_output_limit() {
+    let _g = heavy();
+    let p = Proxy::with_config(cluster(), |c| c.pubsub_output_limit = MIB);
+    let ch = "hostile:pending-ps";
+    let mut sub = p.raw();
+    sub.write_all(&encode(&["HELLO", "3"])).unwrap();
+    let _hello = support::read_reply(&mut sub);
+    sub.write_all(&encode(&["SUBSCRIBE", ch])).unwrap();
+    assert!(read_reply_string(&mut sub).contains("subscribe"));
+    sub.write_all(&encode(&["BLPOP", "hostile:never-pushed", "0"]))
+        .unwrap();
+    wait_until("the BLPOP to block", Duration::from_secs(10), || {
+        p.shared.blocked.load(Ordering::Acquire) == 1
+    });
+    let mut publisher = p.conn();
+    let pad = "x".repeat(10 * 1024);
+    let mut published = 0;
+    while p
+        .shared
+        .stats
+        .output_limit_disconnects
+        .load(Ordering::Acquire)
+        == 0
+    {
+        assert!(
+            published < 1000,
+            "{published} messages of 10 KiB queued behind a pending BLPOP and the client is still connected"
+        );
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(ch)
+            .arg(&pad)
+            .query(&mut publisher)
+            .unwrap();
+        published += 1;
+    }
+    // Disconnected about when 1 MiB was queued, not later.
+    assert!(
+        published <= 200,
+        "disconnected only after {published} messages"
+    );
+    wait_until("the session to end", Duration::from_secs(30), || {
+        p.shared.blocked.load(Ordering::Acquire) == 0
+    });
+}
+
+/// Logs written to a pipe or file carry no terminal colour codes (issue 14).
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let port = support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_slotmux"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--seeds", &cluster().seeds().join(",")])
+        .args(["--metrics-listen", "off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Until the first topology is logged (or the process ends).
+        while !String::from_utf8_lossy(&text).contains("topology changed") {
+            match out.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+            }
+        }
+        text
+    });
+    wait_until("slotmux to listen", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let text = reader.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("starting"), "no start line in {text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in piped logs: {text:?}"
+    );
+}
