@@ -31,6 +31,9 @@ pub enum Merge {
     AndArrays,
     /// `INFO keyspace` texts summed per database (the session adds its own sections).
     Keyspace,
+    /// SCRIPT KILL / FUNCTION KILL: `+OK` if one master killed something, `-NOTBUSY` if
+    /// none was busy, else the first other error (`-UNKILLABLE`...).
+    Kill,
 }
 
 /// The text of a bulk (`$`) or verbatim (`=`, "txt:" prefix) reply.
@@ -137,6 +140,17 @@ fn all_elements(parts: &[Bytes]) -> Option<Vec<Vec<(usize, usize)>>> {
 /// Combines `parts` (one reply per sub-request, in plan order). `order` is MGET's mapping
 /// from the client's key index to (part, element).
 pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
+    if kind == Merge::Kill {
+        if let Some(ok) = parts.iter().find(|p| p.first() != Some(&b'-')) {
+            return ok.clone();
+        }
+        return parts
+            .iter()
+            .find(|p| !p.starts_with(b"-NOTBUSY"))
+            .or(parts.first())
+            .cloned()
+            .unwrap_or_default();
+    }
     if let Some(err) = parts.iter().find(|p| p.first() == Some(&b'-')) {
         return err.clone();
     }
@@ -186,7 +200,9 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
                 }
             }
         }
-        Merge::First | Merge::Keyspace => return parts.first().cloned().unwrap_or_default(),
+        Merge::First | Merge::Keyspace | Merge::Kill => {
+            return parts.first().cloned().unwrap_or_default()
+        }
         Merge::FirstNonNull => {
             return parts
                 .iter()

@@ -32,6 +32,8 @@ pub struct Plan {
     pub parts: Vec<(Target, Bytes)>,
     /// For MGET: client key index → (part, element).
     pub order: Vec<(u32, u32)>,
+    /// Each part on a connection of its own, not the shared links.
+    pub fresh: bool,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,7 @@ pub fn route(spec: &'static CommandSpec, args: Args<'_>, topo: &Topology) -> Rou
                 .map(|m| (Target::Node(m.clone()), whole(args)))
                 .collect(),
             order: Vec::new(),
+            fresh: false,
         }),
         Handling::AllNodes(merge) => {
             let mut parts: Vec<(Target, Bytes)> = topo
@@ -114,8 +117,19 @@ pub fn route(spec: &'static CommandSpec, args: Args<'_>, topo: &Topology) -> Rou
                 merge,
                 parts,
                 order: Vec::new(),
+                fresh: false,
             })
         }
+        Handling::KillScripts(merge) => Route::Split(Plan {
+            merge,
+            parts: topo
+                .masters
+                .iter()
+                .map(|m| (Target::Node(m.clone()), whole(args)))
+                .collect(),
+            order: Vec::new(),
+            fresh: true,
+        }),
         Handling::Scan => scan(args, topo),
         Handling::LastWrite => Route::LastWrite,
     }
@@ -180,6 +194,7 @@ fn split_by_slot(merge: Merge, args: Args<'_>) -> Plan {
         } else {
             Vec::new()
         },
+        fresh: false,
     }
 }
 

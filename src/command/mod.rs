@@ -151,6 +151,9 @@ pub enum Handling {
     Split(Merge),
     /// Keyless, but about the whole dataset: sent to every master and merged.
     AllMasters(Merge),
+    /// SCRIPT KILL / FUNCTION KILL: to every master, each on a connection of its own (the
+    /// shared ones may wait behind the very script to kill).
+    KillScripts(Merge),
     /// Node configuration: sent to every master and replica.
     AllNodes(Merge),
     /// SCAN: one master after the other, with a cursor that says which.
@@ -292,6 +295,7 @@ fn decide(spec: &CommandSpec) -> Handling {
             AllMasters(Merge::First)
         }
         "script|exists" => AllMasters(Merge::AndArrays),
+        "script|kill" | "function|kill" => KillScripts(Merge::Kill),
         "randomkey" => AllMasters(Merge::FirstNonNull),
         "config|set" | "config|resetstat" => AllNodes(Merge::AllOk),
         "scan" => Scan,
@@ -370,6 +374,7 @@ impl Handling {
             Refused(why) => format!("refused: it {why}"),
             Split(m) => format!("split per slot, parts merged ({m:?}); not atomic across slots, like every cluster client"),
             AllMasters(m) => format!("sent to every master, replies merged ({m:?})"),
+            KillScripts(_) => "sent to every master, each on a connection of its own (the shared one may wait behind the script); OK if one master killed a script, NOTBUSY if none was busy".into(),
             AllNodes(_) => "sent to every master and replica; OK only when all agree, else the first error".into(),
             Scan => "every master in turn; the cursor encodes which master".into(),
             LastWrite => "sent to the node of the client's last write".into(),

@@ -129,10 +129,11 @@ impl Session {
                 if plan.parts.is_empty() {
                     return self.reply_error(ProxyError::SlotNotServed);
                 }
+                let via = if plan.fresh { Via::Fresh } else { Via::Shared };
                 let parts = plan
                     .parts
                     .into_iter()
-                    .map(|(t, f)| Flight::new(f, t, readonly))
+                    .map(|(t, f)| Flight::new(f, t, readonly).via(via))
                     .collect();
                 self.fan_out(plan.merge, None, plan.order, parts, frame, now);
             }

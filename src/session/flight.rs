@@ -33,7 +33,7 @@ impl Session {
         };
         match f.via {
             Via::Watch => return self.send_watch(tag, now),
-            Via::Dedicated => return self.send_dedicated(tag, now),
+            Via::Dedicated | Via::Fresh => return self.send_dedicated(tag, now),
             Via::Shared => {}
         }
         let redirect = f.redirect.take();
@@ -101,13 +101,17 @@ impl Session {
             return;
         };
         f.own = None;
-        let permit = match f.permit.take() {
-            Some(permit) => Some(permit),
-            None => self.shared.blocking_permit(),
-        };
-        let Some(permit) = permit else {
-            let e = ProxyError::TooManyBlocked(limit);
-            return self.finish(tag, e.frame(), e.outcome());
+        // Only a blocking command holds a place among the blocked clients.
+        let permit = match (f.via, f.permit.take()) {
+            (Via::Fresh, _) => None,
+            (_, Some(permit)) => Some(permit),
+            (_, None) => match self.shared.blocking_permit() {
+                Some(p) => Some(p),
+                None => {
+                    let e = ProxyError::TooManyBlocked(limit);
+                    return self.finish(tag, e.frame(), e.outcome());
+                }
+            },
         };
         let topo = self.topo.load();
         let node = match (&f.redirect, &f.target) {
@@ -139,7 +143,7 @@ impl Session {
                 f.state = FlightState::InFlight;
                 f.link = Some(link.link().clone());
                 f.own = Some(link);
-                f.permit = Some(permit);
+                f.permit = permit;
             }
             None => {
                 drop(permit);

@@ -43,8 +43,12 @@ pub(super) enum Post {
 pub(super) enum Via {
     /// The worker's shared, multiplexed link to the node.
     Shared,
-    /// A link of its own, opened per send (blocking commands).
+    /// A link of its own, opened per send (blocking commands), under the blocked-clients
+    /// limit.
     Dedicated,
+    /// A link of its own for one request (SCRIPT KILL: the shared one may wait behind the
+    /// script it kills).
+    Fresh,
     /// The link that holds the client's WATCHes: WATCH itself, and a watched transaction's
     /// batch (the flight then holds that link in `own`).
     Watch,

@@ -841,3 +841,69 @@ fn node_coming_back_on_a_new_address_is_followed() {
     );
     c.wait_healthy();
 }
+
+/// A runaway script keeps its master answering -BUSY to everyone until SCRIPT KILL (or
+/// FUNCTION KILL) reaches that node: slotmux sends them to every master, each on a connection
+/// of its own (the shared one waits behind the script), OK if one killed, NOTBUSY if none
+/// was busy (issue 13).
+#[test]
+fn runaway_script_is_killed_through_slotmux() {
+    use std::io::Write;
+    let (_g, c) = cluster();
+    let set_threshold = |ms: &str| {
+        for port in c.live_ports() {
+            support::raw_cmd(port, &["CONFIG", "SET", "busy-reply-threshold", ms]);
+        }
+    };
+    // BUSY after 100 ms instead of 5 s, so the test is quick.
+    set_threshold("100");
+    let p = Proxy::for_cluster(c);
+    let mut b = p.raw();
+    let busy = || {
+        c.masters()
+            .iter()
+            .any(|m| support::try_cmd(m.0, &["PING"]).is_some_and(|r| r.starts_with("-BUSY")))
+    };
+    let mut a = p.raw();
+    a.write_all(&support::encode(&["EVAL", "while true do end", "0"]))
+        .unwrap();
+    wait_until(
+        "a master busy with the script",
+        Duration::from_secs(10),
+        busy,
+    );
+    assert_eq!(support::ask(&mut b, &["SCRIPT", "KILL"]), "+OK\r\n");
+    let killed = support::read_reply_string(&mut a);
+    assert!(
+        killed.starts_with("-ERR") && killed.contains("killed"),
+        "{killed}"
+    );
+    assert_eq!(
+        support::ask(&mut b, &["SCRIPT", "KILL"]),
+        "-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    // The same for a function.
+    let lib = "#!lua name=spinlib\nredis.register_function{function_name='spin', callback=function() while true do end end, flags={'no-writes'}}";
+    assert_eq!(
+        support::ask(&mut b, &["FUNCTION", "LOAD", "REPLACE", lib]),
+        "$7\r\nspinlib\r\n"
+    );
+    a.write_all(&support::encode(&["FCALL", "spin", "0"]))
+        .unwrap();
+    wait_until(
+        "a master busy with the function",
+        Duration::from_secs(10),
+        busy,
+    );
+    assert_eq!(support::ask(&mut b, &["FUNCTION", "KILL"]), "+OK\r\n");
+    let killed = support::read_reply_string(&mut a);
+    assert!(killed.starts_with("-"), "{killed}");
+    assert_eq!(
+        support::ask(&mut b, &["FUNCTION", "KILL"]),
+        "-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    assert_eq!(support::ask(&mut a, &["PING"]), "+PONG\r\n");
+    support::ask(&mut b, &["FUNCTION", "DELETE", "spinlib"]);
+    set_threshold("5000");
+    c.wait_healthy();
+}
