@@ -25,8 +25,10 @@ pub enum Merge {
     Concat,
     /// Every part must succeed; the reply is the first part's (SCRIPT LOAD's sha).
     First,
-    /// The first non-null reply (RANDOMKEY).
-    FirstNonNull,
+    /// RANDOMKEY: each master answered `DBSIZE` and `RANDOMKEY` (one batch); one master's key
+    /// is picked with a chance in proportion to its key count, so an empty master never makes
+    /// the answer nil while others hold keys.
+    RandomKey,
     /// Arrays of 0/1 combined element-wise with AND (SCRIPT EXISTS: loaded everywhere).
     AndArrays,
     /// `INFO keyspace` texts summed per database (the session adds its own sections).
@@ -112,6 +114,67 @@ pub fn elements(frame: &[u8]) -> Option<Vec<(usize, usize)>> {
         pos += len;
     }
     Some(out)
+}
+
+/// The replies of one part's batch, in order.
+fn replies_of(part: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < part.len() {
+        match ReplyScanner::new().scan(&part[at..]) {
+            Ok(Some(n)) => {
+                out.push(part.slice(at..at + n));
+                at += n;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// RANDOMKEY over the masters' `DBSIZE` + `RANDOMKEY` batches; `roll` picks the key.
+fn random_key(parts: &[Bytes], roll: u64) -> Bytes {
+    let answers: Vec<(u64, Bytes)> = parts
+        .iter()
+        .filter_map(|p| {
+            let r = replies_of(p);
+            let n = integer(r.first()?)?;
+            Some((n.max(0) as u64, r.get(1)?.clone()))
+        })
+        .collect();
+    if answers.len() != parts.len() {
+        return protocol_error("RANDOMKEY");
+    }
+    let total: u64 = answers.iter().map(|a| a.0).sum();
+    let mut pick = if total == 0 { 0 } else { roll % total };
+    for (n, key) in &answers {
+        if pick < *n && !is_null(key) {
+            return key.clone();
+        }
+        pick = pick.saturating_sub(*n);
+    }
+    // Keys vanished between DBSIZE and RANDOMKEY: any key will do, else the node's nil.
+    answers
+        .iter()
+        .map(|a| &a.1)
+        .find(|k| !is_null(k))
+        .or(answers.first().map(|a| &a.1))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn pseudo_random() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ nanos;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
 }
 
 fn integer(frame: &[u8]) -> Option<i64> {
@@ -203,14 +266,7 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
         Merge::First | Merge::Keyspace | Merge::Kill => {
             return parts.first().cloned().unwrap_or_default()
         }
-        Merge::FirstNonNull => {
-            return parts
-                .iter()
-                .find(|p| !is_null(p))
-                .or(parts.first())
-                .cloned()
-                .unwrap_or_default()
-        }
+        Merge::RandomKey => return random_key(parts, pseudo_random()),
         Merge::AndArrays => {
             let Some(els) = all_elements(parts) else {
                 return protocol_error("arrays");
@@ -232,6 +288,24 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn randomkey_follows_key_counts() {
+        let part = |n: &str, key: &str| Bytes::from(format!(":{n}\r\n{key}"));
+        let parts = [
+            part("0", "$-1\r\n"),
+            part("3", "$1\r\na\r\n"),
+            part("1", "$1\r\nb\r\n"),
+        ];
+        // Rolls 0..3 land on the master with 3 keys, roll 3 on the one with 1; never nil.
+        for roll in 0..3 {
+            assert_eq!(&random_key(&parts, roll)[..], b"$1\r\na\r\n");
+        }
+        assert_eq!(&random_key(&parts, 3)[..], b"$1\r\nb\r\n");
+        assert_eq!(&random_key(&parts, 8)[..], b"$1\r\na\r\n");
+        let empty = [part("0", "$-1\r\n"), part("0", "_\r\n")];
+        assert_eq!(&random_key(&empty, 5)[..], b"$-1\r\n");
+    }
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -291,7 +365,11 @@ mod tests {
             b"*2\r\n:1\r\n:0\r\n"
         );
         assert_eq!(
-            &merge(Merge::FirstNonNull, &[b("$-1\r\n"), b("$1\r\nk\r\n")], &[])[..],
+            &merge(
+                Merge::RandomKey,
+                &[b(":0\r\n$-1\r\n"), b(":1\r\n$1\r\nk\r\n")],
+                &[]
+            )[..],
             b"$1\r\nk\r\n"
         );
     }

@@ -36,16 +36,21 @@ pub struct Plan {
     pub fresh: bool,
 }
 
+/// What each master is asked for RANDOMKEY: its key count and a key, as one batch.
+pub const RANDOMKEY_BATCH: &[u8] = b"*1\r\n$6\r\nDBSIZE\r\n*1\r\n$9\r\nRANDOMKEY\r\n";
+
 #[derive(Debug)]
 pub enum Route {
     /// Forward the client's bytes unchanged.
     Forward(Target),
     Split(Plan),
     Local(Local),
-    /// SCAN over all masters: the rewritten frame, and the slot that names the master.
+    /// SCAN over all masters: the rewritten frame, the slot that names the master, and the
+    /// COUNT the client asked for.
     Scan {
         frame: Bytes,
         slot: u16,
+        count: usize,
     },
     /// WAIT goes to the node of the client's last write.
     LastWrite,
@@ -99,7 +104,14 @@ pub fn route(spec: &'static CommandSpec, args: Args<'_>, topo: &Topology) -> Rou
             parts: topo
                 .masters
                 .iter()
-                .map(|m| (Target::Node(m.clone()), whole(args)))
+                .map(|m| {
+                    let frame = if merge == Merge::RandomKey {
+                        Bytes::from_static(RANDOMKEY_BATCH)
+                    } else {
+                        whole(args)
+                    };
+                    (Target::Node(m.clone()), frame)
+                })
                 .collect(),
             order: Vec::new(),
             fresh: false,
@@ -241,50 +253,99 @@ fn scan(args: Args<'_>, topo: &Topology) -> Route {
     Route::Scan {
         frame: encode_command(items.collect::<Vec<_>>()),
         slot,
+        count: scan_count(args),
     }
 }
 
-/// Rewrites a node's SCAN reply cursor into slotmux's cursor; moves on to the next master when
-/// this one is done.
-pub fn scan_reply(frame: &Bytes, slot: u16, topo: &Topology) -> Bytes {
-    let Some(els) = crate::merge::elements(frame) else {
-        return frame.clone();
-    };
-    if els.len() != 2 {
-        return frame.clone();
-    }
-    let (a, b) = els[0];
-    let inner = &frame[a..b];
-    let Some(node_next) = inner
+/// One node's SCAN reply, read against slotmux's cursor scheme.
+pub struct ScanPage {
+    /// The keys of this page (each a complete reply element).
+    pub items: Vec<Bytes>,
+    /// The client cursor that continues after this page (0: the whole cluster is done).
+    pub cursor: u64,
+    /// This master is done and another one follows: its first slot.
+    pub next: Option<u16>,
+}
+
+/// Reads a node's SCAN reply (to a request sent to the master of `slot`). `None` when it is
+/// not a SCAN reply (an error, say), which the client then gets as it is.
+pub fn scan_page(frame: &Bytes, slot: u16, topo: &Topology) -> Option<ScanPage> {
+    let els = crate::merge::elements(frame)?;
+    let (&(a, b), &(c, d)) = (els.first()?, els.get(1)?);
+    let node_next = frame[a..b]
         .strip_suffix(b"\r\n")
         .and_then(|x| x.splitn(2, |&c| c == b'\n').nth(1))
         .and_then(|x| std::str::from_utf8(x).ok())
-        .and_then(|x| x.parse::<u64>().ok())
-    else {
-        return frame.clone();
-    };
-    let next = if node_next != 0 {
-        node_next.saturating_mul(SLOTS) + slot as u64
-    } else {
-        let order = scan_order(topo);
-        let cur = topo
-            .master_for(slot)
-            .and_then(|m| topo.masters.iter().position(|x| Arc::ptr_eq(x, m)));
-        let pos = order.iter().position(|o| Some(o.1) == cur);
-        match pos.and_then(|p| order.get(p + 1)) {
-            Some(&(s, _)) => s as u64,
-            None => 0,
-        }
-    };
-    let next = next.to_string();
-    let mut out = BytesMut::with_capacity(frame.len() + 8);
-    out.extend_from_slice(b"*2\r\n$");
-    out.extend_from_slice(next.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(next.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&frame[els[1].0..els[1].1]);
+        .and_then(|x| x.parse::<u64>().ok())?;
+    let keys = frame.slice(c..d);
+    let items = crate::merge::elements(&keys)?
+        .into_iter()
+        .map(|(x, y)| keys.slice(x..y))
+        .collect();
+    if node_next != 0 {
+        return Some(ScanPage {
+            items,
+            cursor: node_next.saturating_mul(SLOTS) + slot as u64,
+            next: None,
+        });
+    }
+    let order = scan_order(topo);
+    let cur = topo
+        .master_for(slot)
+        .and_then(|m| topo.masters.iter().position(|x| Arc::ptr_eq(x, m)));
+    let pos = order.iter().position(|o| Some(o.1) == cur);
+    let next = pos.and_then(|p| order.get(p + 1)).map(|&(s, _)| s);
+    Some(ScanPage {
+        items,
+        cursor: next.map_or(0, u64::from),
+        next,
+    })
+}
+
+/// A SCAN reply: `cursor` and `items`.
+pub fn scan_reply(cursor: u64, items: &[Bytes]) -> Bytes {
+    let cursor = cursor.to_string();
+    let mut out = BytesMut::with_capacity(32 + items.iter().map(|i| i.len()).sum::<usize>());
+    crate::resp::write::array_header(&mut out, 2);
+    crate::resp::write::bulk(&mut out, cursor.as_bytes());
+    crate::resp::write::array_header(&mut out, items.len());
+    for i in items {
+        out.extend_from_slice(i);
+    }
     out.freeze()
+}
+
+/// The SCAN request `frame` started over at node cursor 0 (for the next master).
+pub fn scan_restart(frame: &Bytes) -> Option<Bytes> {
+    let mut buf = BytesMut::from(&frame[..]);
+    let mut sc = crate::resp::request::RequestScanner::new(Default::default());
+    let f = sc.next(&mut buf).ok()??;
+    let args = Args {
+        frame: &f,
+        ranges: sc.args(),
+    };
+    let parts: Vec<&[u8]> = (0..args.len())
+        .map(|i| {
+            if i == 1 {
+                &b"0"[..]
+            } else {
+                args.get(i).unwrap_or_default()
+            }
+        })
+        .collect();
+    Some(encode_command(parts))
+}
+
+/// SCAN's COUNT (10 when not given, as in Redis).
+pub fn scan_count(args: Args<'_>) -> usize {
+    (2..args.len())
+        .find(|&i| {
+            args.get(i)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"COUNT"))
+        })
+        .and_then(|i| args.get(i + 1))
+        .and_then(crate::resp::parse_i64)
+        .map_or(10, |n| n.clamp(1, i64::from(u32::MAX)) as usize)
 }
 
 #[cfg(test)]

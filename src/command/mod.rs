@@ -296,7 +296,7 @@ fn decide(spec: &CommandSpec) -> Handling {
         }
         "script|exists" => AllMasters(Merge::AndArrays),
         "script|kill" | "function|kill" => KillScripts(Merge::Kill),
-        "randomkey" => AllMasters(Merge::FirstNonNull),
+        "randomkey" => AllMasters(Merge::RandomKey),
         "config|set" | "config|resetstat" => AllNodes(Merge::AllOk),
         "scan" => Scan,
         "wait" => LastWrite,

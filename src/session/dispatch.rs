@@ -111,9 +111,9 @@ impl Session {
             }
             Route::Local(l) => self.local(l, args),
             Route::Error(e) => self.reply_error(e),
-            Route::Scan { frame, slot } => {
+            Route::Scan { frame, slot, count } => {
                 let mut f = Flight::new(frame, Target::Slot(slot), true);
-                f.post = Post::Scan { slot };
+                f.post = Post::Scan { slot, count };
                 let n = self.push(Entry::One(f));
                 self.send(tag(n, 0), now);
             }
@@ -130,10 +130,15 @@ impl Session {
                     return self.reply_error(ProxyError::SlotNotServed);
                 }
                 let via = if plan.fresh { Via::Fresh } else { Via::Shared };
+                let replies = if plan.merge == Merge::RandomKey { 2 } else { 1 };
                 let parts = plan
                     .parts
                     .into_iter()
-                    .map(|(t, f)| Flight::new(f, t, readonly).via(via))
+                    .map(|(t, f)| {
+                        let mut f = Flight::new(f, t, readonly).via(via);
+                        f.replies = replies;
+                        f
+                    })
                     .collect();
                 self.fan_out(plan.merge, None, plan.order, parts, frame, now);
             }

@@ -247,7 +247,7 @@ impl Session {
         if f.state != FlightState::InFlight {
             return;
         }
-        if f.replies > 1 {
+        if f.keyed.is_some() {
             return self.on_exec_reply(tag, reply.result);
         }
         let result = match reply.result {
@@ -475,8 +475,27 @@ impl Session {
             Entry::One(f) => {
                 let watched = f.via == Via::Watch && f.replies == 1 && outcome == Outcome::Ok;
                 let reply = match f.post {
-                    Post::Scan { slot } if frame.first() == Some(&b'*') => {
-                        router::scan_reply(&frame, slot, self.topo.load())
+                    Post::Scan { slot, count } => {
+                        match router::scan_page(&frame, slot, self.topo.load()) {
+                            None => frame,
+                            Some(page) => {
+                                f.scanned.extend(page.items);
+                                // A short page from a finished master: the next master's keys
+                                // join it in this same call (an empty cluster answers 0 at
+                                // once, as one Redis does).
+                                let more = page.next.filter(|_| f.scanned.len() < count);
+                                match (more, router::scan_restart(&f.frame)) {
+                                    (Some(next), Some(restart)) => {
+                                        f.frame = restart;
+                                        f.target = Target::Slot(next);
+                                        f.post = Post::Scan { slot: next, count };
+                                        f.redirect = None;
+                                        return self.send(tag, Instant::now());
+                                    }
+                                    _ => router::scan_reply(page.cursor, &f.scanned),
+                                }
+                            }
+                        }
                     }
                     _ => frame,
                 };

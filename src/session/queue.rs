@@ -32,9 +32,11 @@ pub(super) enum FlightState {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Post {
     None,
-    /// Rewrite a node's SCAN cursor into slotmux's.
+    /// Rewrite a node's SCAN cursor into slotmux's; while the page is short of `count` and
+    /// the master is done, go on with the next one in the same call.
     Scan {
         slot: u16,
+        count: usize,
     },
 }
 
@@ -86,6 +88,8 @@ pub(super) struct Flight {
     pub keyed: Option<Box<[bool]>>,
     /// A blocking command: when it was last sent (a resend waits only what is left).
     pub sent_at: Option<Instant>,
+    /// SCAN: the keys of the masters already scanned in this call.
+    pub scanned: Vec<Bytes>,
 }
 
 impl Flight {
@@ -110,6 +114,7 @@ impl Flight {
             permit: None,
             keyed: None,
             sent_at: None,
+            scanned: Vec::new(),
         }
     }
 

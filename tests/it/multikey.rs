@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use crate::cluster;
-use crate::support::{self, raw_cmd, Proxy};
+use crate::support::{self, raw_cmd, wait_until, Proxy};
+use std::time::Duration;
 
 #[test]
 fn mget_mset_del_of_10000_keys_over_every_master() {
@@ -91,6 +92,39 @@ fn mget_mset_del_of_10000_keys_over_every_master() {
             .unwrap(),
         1
     );
+}
+
+/// A SCAN page that a master leaves short goes on with the next master in the same call, so
+/// a small dataset comes back in one call with cursor 0, as from one Redis (issue 13).
+#[test]
+fn a_small_scan_is_one_call_with_cursor_zero() {
+    let p = Proxy::for_cluster(cluster());
+    let mut con = p.conn();
+    let keys: Vec<String> = (0..5).map(|i| format!("{{scan-small{i}}}k")).collect();
+    for k in &keys {
+        let _: () = redis::cmd("SET").arg(k).arg(1).query(&mut con).unwrap();
+    }
+    // COUNT covers every master's whole keyspace: one call visits them all.
+    let (next, mut batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("{scan-small*")
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query(&mut con)
+        .unwrap();
+    batch.sort();
+    assert_eq!((next, batch), (0, keys.clone()));
+    // Nothing matches: still one call, cursor 0.
+    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("no-such-key-*")
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((next, batch.len()), (0, 0));
 }
 
 #[test]
@@ -188,6 +222,20 @@ fn script_load_reaches_every_master_and_config_set_every_node() {
         .unwrap();
     assert_eq!(ex, vec![1, 0]);
 
+    // A cluster created moments ago may not list its replicas yet (gossip): wait until
+    // slotmux's map has them all, as it will after its next refresh.
+    wait_until(
+        "slotmux to know every replica",
+        Duration::from_secs(30),
+        || {
+            p.shared
+                .cluster
+                .request_refresh(slotmux::metrics::RefreshReason::Periodic);
+            let t = p.shared.cluster.snapshot();
+            t.masters.len() + t.replicas.iter().map(|r| r.len()).sum::<usize>()
+                == cluster().live_ports().len()
+        },
+    );
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("slowlog-max-len")
