@@ -31,72 +31,11 @@ pub enum Merge {
     RandomKey,
     /// Arrays of 0/1 combined element-wise with AND (SCRIPT EXISTS: loaded everywhere).
     AndArrays,
-    /// `INFO keyspace` texts summed per database (the session adds its own sections).
-    Keyspace,
+    /// INFO: the masters' sections merged with slotmux's own (see `info`).
+    Info,
     /// SCRIPT KILL / FUNCTION KILL: `+OK` if one master killed something, `-NOTBUSY` if
     /// none was busy, else the first other error (`-UNKILLABLE`...).
     Kill,
-}
-
-/// The text of a bulk (`$`) or verbatim (`=`, "txt:" prefix) reply.
-fn text_of(frame: &[u8]) -> Option<&[u8]> {
-    let nl = frame.iter().position(|&b| b == b'\n')?;
-    let body = frame[nl + 1..].strip_suffix(b"\r\n")?;
-    match frame.first() {
-        Some(b'$') => Some(body),
-        Some(b'=') => Some(body.get(4..).unwrap_or_default()),
-        _ => None,
-    }
-}
-
-/// Sums `dbN:keys=..,expires=..,avg_ttl=..` lines over the masters' INFO keyspace replies.
-pub fn keyspace_text(parts: &[Bytes]) -> Result<String, Bytes> {
-    if let Some(err) = parts.iter().find(|p| p.first() == Some(&b'-')) {
-        return Err(err.clone());
-    }
-    let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> =
-        std::collections::BTreeMap::new();
-    for p in parts {
-        let Some(text) = text_of(p) else {
-            return Err(protocol_error("INFO keyspace"));
-        };
-        for line in String::from_utf8_lossy(text).lines() {
-            let Some((db, fields)) = line.split_once(':') else {
-                continue;
-            };
-            let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let mut keys = 0u64;
-            let mut expires = 0u64;
-            let mut ttl = 0u64;
-            for kv in fields.split(',') {
-                match kv.split_once('=') {
-                    Some(("keys", v)) => keys = v.parse().unwrap_or(0),
-                    Some(("expires", v)) => expires = v.parse().unwrap_or(0),
-                    Some(("avg_ttl", v)) => ttl = v.parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-            let e = dbs.entry(n).or_default();
-            e.0 += keys;
-            e.1 += expires;
-            // avg_ttl is weighted by each node's expiring keys.
-            e.2 += ttl as u128 * expires as u128;
-        }
-    }
-    let mut out = String::from("# Keyspace\r\n");
-    for (db, (keys, expires, ttl_sum)) in dbs {
-        let avg = if expires > 0 {
-            ttl_sum / expires as u128
-        } else {
-            0
-        };
-        out.push_str(&format!(
-            "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n"
-        ));
-    }
-    Ok(out)
 }
 
 /// Byte ranges of the elements of a top-level array reply (`*n` or RESP3 `~n`/`>n`).
@@ -263,7 +202,7 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
                 }
             }
         }
-        Merge::First | Merge::Keyspace | Merge::Kill => {
+        Merge::First | Merge::Info | Merge::Kill => {
             return parts.first().cloned().unwrap_or_default()
         }
         Merge::RandomKey => return random_key(parts, pseudo_random()),
@@ -318,19 +257,6 @@ mod tests {
         assert_eq!(
             &merge(Merge::Mget, &parts, &order)[..],
             b"*3\r\n$2\r\nbb\r\n$1\r\na\r\n$-1\r\n"
-        );
-    }
-
-    #[test]
-    fn keyspace_is_summed() {
-        let parts = [
-            b("$49\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=100\r\n\r\n"),
-            b("=52\r\ntxt:# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=300\r\n\r\n"),
-            b("$12\r\n# Keyspace\r\n\r\n"),
-        ];
-        assert_eq!(
-            keyspace_text(&parts).unwrap(),
-            "# Keyspace\r\ndb0:keys=15,expires=4,avg_ttl=200\r\n"
         );
     }
 

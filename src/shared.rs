@@ -143,6 +143,8 @@ pub struct Shared {
     pub clients: Arc<AtomicUsize>,
     pub stats: Stats,
     pub started: Instant,
+    /// This process's random identity (INFO's run_id).
+    pub run_id: String,
 }
 
 impl Shared {
@@ -179,6 +181,7 @@ impl Shared {
             clients: Arc::new(AtomicUsize::new(0)),
             stats: Stats::default(),
             started: Instant::now(),
+            run_id: run_id(),
         });
         shared.spawn_ops_ticker();
         shared
@@ -233,6 +236,17 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// 40 hex digits, different for every process (not a secret: INFO shows it).
+fn run_id() -> String {
+    let seed = format!(
+        "{:?}{}{:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        Instant::now()
+    );
+    sha1_smol::Sha1::from(seed).digest().to_string()
 }
 
 #[cfg(test)]

@@ -89,6 +89,13 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
                 continue;
             }
         };
+        // What the node runs (a pod may come back upgraded): INFO and HELLO report the
+        // lowest version of the cluster.
+        if let Ok(r) = exchange(&mut stream, &[&[b"INFO", b"server"]], PROBE_TIMEOUT).await {
+            if let Some(v) = version_of(&r[0]) {
+                node.set_version(v);
+            }
+        }
         loop {
             match exchange(&mut stream, &[&[b"PING"]], PROBE_TIMEOUT).await {
                 // -LOADING, -BUSY and the like: up, but not serving.
@@ -118,4 +125,13 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
             }
         }
     }
+}
+
+/// `redis_version` from an `INFO server` reply.
+fn version_of(reply: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(reply).lines().find_map(|l| {
+        l.strip_prefix("redis_version:")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    })
 }

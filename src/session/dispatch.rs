@@ -157,7 +157,7 @@ impl Session {
     fn fan_out(
         &mut self,
         merge: Merge,
-        prefix: Option<String>,
+        info: Option<Vec<&'static str>>,
         order: Vec<(u32, u32)>,
         parts: Vec<Flight>,
         request: Bytes,
@@ -166,7 +166,7 @@ impl Session {
         let count = parts.len();
         let n = self.push(Entry::Many(Box::new(Fanout {
             merge,
-            prefix,
+            info,
             order,
             parts,
             left: count,
@@ -177,23 +177,27 @@ impl Session {
         }
     }
 
-    /// INFO: slotmux's own sections, and `keyspace` summed over every master.
+    /// INFO: slotmux's own sections, and the masters' merged.
     fn info(&mut self, args: Args<'_>, request: Bytes) {
         let topo = self.topo.load().clone();
         let wanted: Vec<&[u8]> = (1..args.len()).filter_map(|i| args.get(i)).collect();
         let sections = crate::info::sections(&wanted);
-        let text = crate::info::text(&self.shared, &topo, &sections);
-        if !sections.contains(&"keyspace") || topo.masters.is_empty() {
-            return self.reply_local(|o, p| crate::resp::write::verbatim(o, p, text.as_bytes()));
-        }
-        let ask = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
+        let ask = match crate::info::node_request(&sections) {
+            Some(ask) if !topo.masters.is_empty() => ask,
+            _ => {
+                let text =
+                    crate::info::render(&self.shared, &topo, &sections, &[]).unwrap_or_default();
+                return self
+                    .reply_local(|o, p| crate::resp::write::verbatim(o, p, text.as_bytes()));
+            }
+        };
         let parts = topo
             .masters
             .iter()
             .map(|m| Flight::new(ask.clone(), Target::Node(m.clone()), true))
             .collect();
         let now = self.now;
-        self.fan_out(Merge::Keyspace, Some(text), Vec::new(), parts, request, now);
+        self.fan_out(Merge::Info, Some(sections), Vec::new(), parts, request, now);
     }
 }
 

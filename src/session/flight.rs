@@ -536,20 +536,18 @@ impl Session {
                         None => Bytes::new(),
                     })
                     .collect();
-                let merged = match (&m.merge, &m.prefix) {
-                    (Merge::Keyspace, Some(prefix)) => match crate::merge::keyspace_text(&parts) {
-                        Ok(ks) => {
-                            let text = if prefix.is_empty() {
-                                ks
-                            } else {
-                                format!("{prefix}\r\n{ks}")
-                            };
-                            let mut b = BytesMut::new();
-                            write::verbatim(&mut b, self.proto, text.as_bytes());
-                            b.freeze()
+                let merged = match (&m.merge, &m.info) {
+                    (Merge::Info, Some(sections)) => {
+                        let topo = self.topo.load();
+                        match crate::info::render(&self.shared, topo, sections, &parts) {
+                            Ok(text) => {
+                                let mut b = BytesMut::new();
+                                write::verbatim(&mut b, self.proto, text.as_bytes());
+                                b.freeze()
+                            }
+                            Err(e) => e,
                         }
-                        Err(e) => e,
-                    },
+                    }
                     _ => merge(m.merge, &parts, &m.order),
                 };
                 let outcome = if merged.first() == Some(&b'-') {

@@ -215,12 +215,13 @@ impl Session {
         }
         self.proto = proto;
         let id = self.id as i64;
+        let version = crate::info::cluster_version(self.topo.load());
         self.reply_local(|o, p| {
             write::map_header(o, p, 7);
             write::bulk(o, b"server");
             write::bulk(o, b"redis");
             write::bulk(o, b"version");
-            write::bulk(o, crate::REDIS_VERSION.as_bytes());
+            write::bulk(o, version.as_bytes());
             write::bulk(o, b"proto");
             write::integer(o, p.number());
             write::bulk(o, b"id");

@@ -135,8 +135,8 @@ impl Flight {
 /// A command split into parts whose replies are merged.
 pub(super) struct Fanout {
     pub merge: Merge,
-    /// INFO: slotmux's own sections, put before the merged keyspace.
-    pub prefix: Option<String>,
+    /// INFO: the sections asked for.
+    pub info: Option<Vec<&'static str>>,
     pub order: Vec<(u32, u32)>,
     pub parts: Vec<Flight>,
     pub left: usize,
@@ -256,7 +256,7 @@ mod tests {
         let b = q.push(
             Entry::Many(Box::new(Fanout {
                 merge: Merge::Sum,
-                prefix: None,
+                info: None,
                 order: Vec::new(),
                 parts: vec![f(b"b1"), f(b"b2")],
                 left: 2,

@@ -98,6 +98,8 @@ pub struct Node {
     pub metrics: NodeMetrics,
     /// Set when the registry forgets the node: workers close their connections to it.
     forgotten: AtomicBool,
+    /// The version the node reports (`INFO server`), learned by the health probe.
+    version: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -113,6 +115,16 @@ impl Node {
 
     pub fn settings(&self) -> &Arc<ConnSettings> {
         &self.settings
+    }
+
+    pub fn version(&self) -> Option<String> {
+        self.version.lock().ok().and_then(|v| v.clone())
+    }
+
+    pub(crate) fn set_version(&self, v: String) {
+        if let Ok(mut slot) = self.version.lock() {
+            *slot = Some(v);
+        }
     }
 
     pub fn is_forgotten(&self) -> bool {
@@ -189,6 +201,7 @@ impl Registry {
                     on_failure: hook,
                     metrics: self.metrics.node(addr),
                     forgotten: AtomicBool::new(false),
+                    version: Mutex::new(None),
                 })
             })
             .clone()

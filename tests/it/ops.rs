@@ -150,15 +150,56 @@ fn info_sections_and_cluster_wide_keyspace() {
             .unwrap();
     }
     let info: String = redis::cmd("INFO").query(&mut con).unwrap();
-    for section in [
+    // Redis 7's default sections, in its order (issue 13: cpu, memory, errorstats... were
+    // missing).
+    let order = [
         "# Server",
         "# Clients",
+        "# Memory",
+        "# Persistence",
         "# Stats",
+        "# Replication",
+        "# CPU",
+        "# Modules",
+        "# Errorstats",
         "# Cluster",
         "# Keyspace",
-    ] {
-        assert!(info.contains(section), "INFO lacks {section}");
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|s| info.find(s).unwrap_or_else(|| panic!("INFO lacks {s}")))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "sections out of order");
+    assert!(
+        !info.contains("# Commandstats"),
+        "commandstats only with all"
+    );
+    // The version is what the cluster runs, learned from its nodes.
+    let node_version = raw_cmd(c.ports[0], &["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:").map(String::from))
+        .unwrap();
+    assert!(info.contains(&format!("redis_version:{node_version}")));
+    assert!(info.contains("used_cpu_user:") && info.contains("used_memory:"));
+    // commandstats summed over the masters: this client's GETs are all there.
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut con)
+        .unwrap();
+    for i in 0..30 {
+        let _: Option<String> = redis::cmd("GET")
+            .arg(format!("info:{i}"))
+            .query(&mut con)
+            .unwrap();
     }
+    let all: String = redis::cmd("INFO").arg("all").query(&mut con).unwrap();
+    let calls: i64 = all
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(calls >= 30, "cmdstat_get:calls={calls}");
     let server: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
     assert!(server.starts_with("# Server") && !server.contains("# Clients"));
     let direct_sum = || c.dbsize();
