@@ -13,6 +13,7 @@
 //! - [`server`]: listener, client limit, hand-off to workers, graceful drain.
 //! - [`worker`]: shared-nothing worker threads and their per-node link tables.
 //! - [`shared`]: state every worker sees (cluster, metrics, limits, script store).
+//! - [`clients`]: the registry of connected clients (CLIENT LIST/KILL/UNBLOCK).
 //! - [`session`]: one client; ordering, redirections, retries, transactions, pub/sub, local
 //!   commands (PING, HELLO...).
 //! - [`resp`]: request scanner, reply scanner, our own reply and command encoder.
@@ -27,6 +28,7 @@
 //! - [`metrics`]: every Prometheus metric, per-session and per-link counts flushed periodically.
 //! - [`http`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 
+pub mod clients;
 pub mod cluster;
 pub mod command;
 pub mod config;

@@ -141,6 +141,8 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     /// Connected clients (each holds a [`Permit`]).
     pub clients: Arc<AtomicUsize>,
+    /// The same clients, for CLIENT LIST, KILL and UNBLOCK.
+    pub client_list: crate::clients::Clients,
     pub stats: Stats,
     pub started: Instant,
     /// This process's random identity (INFO's run_id).
@@ -179,6 +181,7 @@ impl Shared {
             cluster,
             next_client_id: AtomicU64::new(0),
             clients: Arc::new(AtomicUsize::new(0)),
+            client_list: crate::clients::Clients::default(),
             stats: Stats::default(),
             started: Instant::now(),
             run_id: run_id(),

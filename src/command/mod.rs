@@ -126,6 +126,9 @@ pub enum Local {
     ClientGetName,
     ClientId,
     ClientInfo,
+    ClientList,
+    ClientKill,
+    ClientUnblock,
     ClientOk,
     ReadOnlyWrite,
     ClusterKeySlot,
@@ -213,37 +216,78 @@ pub fn policy(spec: &CommandSpec) -> Handling {
 }
 
 /// The generated table's answers, computed once: the match in [`decide`] compares the name
-/// with a hundred strings, too slow for every request. `None` for learned commands (rare).
-fn cached_policy(spec: &CommandSpec) -> Option<Handling> {
-    const N: usize = 1024;
-    static CACHE: std::sync::OnceLock<Box<[(usize, Handling)]>> = std::sync::OnceLock::new();
-    fn home(addr: usize) -> usize {
-        ((addr as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize & (N - 1)
-    }
-    let cache = CACHE.get_or_init(|| {
-        let mut slots = vec![(0usize, Handling::Keyed); N].into_boxed_slice();
+/// with a hundred strings, too slow for every request. Open addressing by the spec's address;
+/// an entry's position is also the command's small id ([`command_id`]).
+const CACHE_SLOTS: usize = 1024;
+
+struct Cached {
+    addr: usize,
+    handling: Handling,
+    name: &'static str,
+}
+
+fn cache() -> &'static [Cached] {
+    static CACHE: std::sync::OnceLock<Box<[Cached]>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        let mut slots: Vec<Cached> = (0..CACHE_SLOTS)
+            .map(|_| Cached {
+                addr: 0,
+                handling: Handling::Keyed,
+                name: "unknown",
+            })
+            .collect();
         let all = table::COMMANDS
             .iter()
             .chain(table::COMMANDS.iter().flat_map(|c| c.subcommands.iter()));
         for c in all {
             let addr = c as *const CommandSpec as usize;
             let mut at = home(addr);
-            while slots[at].0 != 0 {
-                at = (at + 1) & (N - 1);
+            while slots[at].addr != 0 {
+                at = (at + 1) & (CACHE_SLOTS - 1);
             }
-            slots[at] = (addr, decide(c));
+            slots[at] = Cached {
+                addr,
+                handling: decide(c),
+                name: c.name,
+            };
         }
-        slots
-    });
+        slots.into_boxed_slice()
+    })
+}
+
+fn home(addr: usize) -> usize {
+    ((addr as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize & (CACHE_SLOTS - 1)
+}
+
+fn cache_slot(spec: &CommandSpec) -> Option<usize> {
+    let cache = cache();
     let addr = spec as *const CommandSpec as usize;
     let mut at = home(addr);
     loop {
         match cache.get(at) {
-            Some(&(a, h)) if a == addr => return Some(h),
-            Some(&(a, _)) if a != 0 => at = (at + 1) & (N - 1),
+            Some(c) if c.addr == addr => return Some(at),
+            Some(c) if c.addr != 0 => at = (at + 1) & (CACHE_SLOTS - 1),
             _ => return None,
         }
     }
+}
+
+fn cached_policy(spec: &CommandSpec) -> Option<Handling> {
+    cache_slot(spec).map(|i| cache()[i].handling)
+}
+
+/// A small id for a command of the generated table (`u16::MAX` for others), so a session can
+/// publish its last command with one atomic store (CLIENT LIST's `cmd=`).
+pub fn command_id(spec: &CommandSpec) -> u16 {
+    cache_slot(spec).map_or(u16::MAX, |i| i as u16)
+}
+
+/// The full name (`client|list`) of a [`command_id`].
+pub fn command_name(id: u16) -> &'static str {
+    cache()
+        .get(usize::from(id))
+        .filter(|c| c.addr != 0)
+        .map_or("NULL", |c| c.name)
 }
 
 /// The policy for one (sub)command by its full name, and the default rules for the rest.
@@ -261,6 +305,9 @@ fn decide(spec: &CommandSpec) -> Handling {
         "client|getname" => Local(self::Local::ClientGetName),
         "client|id" => Local(self::Local::ClientId),
         "client|info" => Local(self::Local::ClientInfo),
+        "client|list" => Local(self::Local::ClientList),
+        "client|kill" => Local(self::Local::ClientKill),
+        "client|unblock" => Local(self::Local::ClientUnblock),
         "client|no-evict" => Local(self::Local::ClientOk),
         "readonly" | "readwrite" => Local(self::Local::ReadOnlyWrite),
         "cluster|keyslot" => Local(self::Local::ClusterKeySlot),
@@ -325,10 +372,7 @@ fn decide(spec: &CommandSpec) -> Handling {
         | "client|getredir"
         | "client|trackinginfo"
         | "client|pause"
-        | "client|unpause"
-        | "client|kill"
-        | "client|list"
-        | "client|unblock" => Refused(CONN_STATE),
+        | "client|unpause" => Refused(CONN_STATE),
         "acl|cat" | "acl|genpass" | "acl|whoami" => AnyMaster,
         n if n.ends_with("|help") => AnyMaster,
         n if n.starts_with("cluster|") => Refused(ADMIN),
@@ -600,10 +644,13 @@ mod tests {
     fn policy_cache_covers_the_table() {
         for c in table::COMMANDS {
             assert_eq!(cached_policy(c), Some(decide(c)), "{}", c.name);
+            assert_eq!(command_name(command_id(c)), c.name);
             for sub in c.subcommands {
                 assert_eq!(cached_policy(sub), Some(decide(sub)), "{}", sub.name);
+                assert_eq!(command_name(command_id(sub)), sub.name);
             }
         }
+        assert_eq!(command_name(u16::MAX), "NULL");
     }
 
     #[test]

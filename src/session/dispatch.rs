@@ -67,6 +67,8 @@ impl Session {
         if let Some(m) = &mut self.cur {
             m.name = spec.name;
         }
+        self.me
+            .touch(command::command_id(spec), self.now.into_std());
         if !command::arity_ok(spec, args.len()) {
             return self.reject(ProxyError::redis(format!(
                 "ERR wrong number of arguments for '{}' command",
@@ -151,6 +153,13 @@ impl Session {
             m.fail();
         }
         self.reply_error(e);
+    }
+
+    /// Sends `frame`, made by slotmux, to `node` as the current command's one request.
+    pub(super) fn forward_to(&mut self, frame: Bytes, node: std::sync::Arc<crate::upstream::Node>) {
+        let n = self.push(Entry::One(Flight::new(frame, Target::Node(node), false)));
+        let now = self.now;
+        self.send(tag(n, 0), now);
     }
 
     /// Queues one entry whose parts go out at once and are merged when all are back.

@@ -134,9 +134,17 @@ impl Session {
             }
         }
         f.sent_at = Some(now);
+        // A blocking command's link first learns its id on the node, so CLIENT UNBLOCK from
+        // another client can reach it there.
+        let blocking = f.via == Via::Dedicated;
         let link = self
             .worker
             .owned(&node, self.proto, LinkKind::Dedicated)
+            .filter(|l| {
+                !blocking
+                    || l.send(CLIENT_ID, false, tag | CLIENT_ID_TAG, &self.inbox, now)
+                        .is_ok()
+            })
             .filter(|l| l.send(&f.frame, asking, tag, &self.inbox, now).is_ok());
         match link {
             Some(link) => {
@@ -239,6 +247,9 @@ impl Session {
         if pubsub::is_stream_tag(reply.tag) {
             return self.on_stream(reply);
         }
+        if reply.tag & CLIENT_ID_TAG != 0 {
+            return self.on_client_id(reply);
+        }
         let tag = reply.tag;
         let max_redirects = self.shared.config.max_redirects;
         let Some(f) = self.queue.flight_mut(tag) else {
@@ -302,6 +313,24 @@ impl Session {
                     .request_refresh(RefreshReason::NodeFailure);
                 self.finish(tag, e.frame(), e.outcome());
             }
+        }
+    }
+
+    /// The node's id for a blocking command's link: where CLIENT UNBLOCK must go.
+    fn on_client_id(&mut self, reply: Reply) {
+        let tag = reply.tag & !CLIENT_ID_TAG;
+        let id = match &reply.result {
+            Ok(frame) => frame
+                .strip_prefix(b":")
+                .and_then(|b| b.strip_suffix(b"\r\n"))
+                .and_then(crate::resp::parse_i64),
+            Err(_) => None,
+        };
+        let Some(f) = self.queue.flight_mut(tag) else {
+            return;
+        };
+        if let (Some(id), Some(link), FlightState::InFlight) = (id, &f.link, f.state) {
+            self.me.set_blocked(Some((link.node.clone(), id)));
         }
     }
 
@@ -473,6 +502,9 @@ impl Session {
         };
         match entry {
             Entry::One(f) => {
+                if f.via == Via::Dedicated {
+                    self.me.set_blocked(None);
+                }
                 let watched = f.via == Via::Watch && f.replies == 1 && outcome == Outcome::Ok;
                 let reply = match f.post {
                     Post::Scan { slot, count } => {
@@ -566,6 +598,12 @@ impl Session {
         }
     }
 }
+
+/// Asks a blocking command's link for its id on the node.
+const CLIENT_ID: &[u8] = b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n";
+/// Marks the tag of a `CLIENT ID` reply (the flight's tag otherwise): below the pub/sub stream
+/// tags, above any entry number a session reaches.
+const CLIENT_ID_TAG: u64 = 1 << 62;
 
 /// `frame` with its blocking timeout lowered by `spent` (never to 0, which means forever:
 /// at least 1 ms, so the node answers its own timeout reply). `None` when it has no timeout

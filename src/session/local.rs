@@ -1,9 +1,10 @@
 //! Commands slotmux answers itself: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT
-//! SETNAME/GETNAME/ID/INFO, READONLY/READWRITE, CLUSTER KEYSLOT, INFO.
+//! SETNAME/GETNAME/ID/INFO/LIST/KILL/UNBLOCK, READONLY/READWRITE, CLUSTER KEYSLOT, SLOWLOG.
 //!
 //! Owns: their replies, with Redis's own error texts, in the client's protocol version, and the
 //! per-client state they change (protocol, name, authentication).
-//! Must not: talk to a backend.
+//! Must not: talk to a backend, but for CLIENT UNBLOCK, which asks the node where the client
+//! waits.
 
 use bytes::Bytes;
 
@@ -56,6 +57,7 @@ impl Session {
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none();
+                self.publish_view();
                 self.reply_local(|o, _| write::simple(o, "RESET"));
             }
             Local::ClientSetName => {
@@ -66,6 +68,7 @@ impl Session {
                     });
                 }
                 self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+                self.publish_view();
                 self.reply_local(|o, _| write::ok(o));
             }
             Local::ClientGetName => {
@@ -80,9 +83,12 @@ impl Session {
                 self.reply_local(|o, _| write::integer(o, id));
             }
             Local::ClientInfo => {
-                let line = self.client_line();
+                let line = self.client_line() + "\n";
                 self.reply_local(|o, p| write::verbatim(o, p, line.as_bytes()));
             }
+            Local::ClientList => self.client_list(args),
+            Local::ClientKill => self.client_kill(args),
+            Local::ClientUnblock => self.client_unblock(args),
             Local::ClusterKeySlot => {
                 let slot = key_slot(arg(2)) as i64;
                 self.reply_local(|o, _| write::integer(o, slot));
@@ -103,18 +109,126 @@ impl Session {
         }
     }
 
+    /// This client's CLIENT LIST line, fresh (the registry's may be a command behind).
     fn client_line(&self) -> String {
-        format!(
-            "id={} addr={} laddr={} name={} db=0 resp={} lib=slotmux\n",
-            self.id,
-            self.peer,
-            self.local,
-            self.name
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default(),
-            self.proto.number()
-        )
+        self.publish_view();
+        self.me.line(std::time::Instant::now())
+    }
+
+    /// CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]: every client of slotmux.
+    fn client_list(&mut self, args: Args<'_>) {
+        let mut ids: Vec<u64> = Vec::new();
+        let mut kind: Option<String> = None;
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args.get(i).unwrap_or_default();
+            if opt.eq_ignore_ascii_case(b"TYPE") && i + 1 < args.len() {
+                let t = String::from_utf8_lossy(args.get(i + 1).unwrap_or_default())
+                    .to_ascii_lowercase();
+                if !matches!(
+                    t.as_str(),
+                    "normal" | "pubsub" | "master" | "replica" | "slave"
+                ) {
+                    let msg = format!("ERR Unknown client type '{t}'");
+                    return self.reply_local(|o, _| write::error(o, &msg));
+                }
+                kind = Some(t);
+                i += 2;
+            } else if opt.eq_ignore_ascii_case(b"ID") && i + 1 < args.len() {
+                for j in i + 1..args.len() {
+                    match crate::resp::parse_i64(args.get(j).unwrap_or_default()) {
+                        Some(n) if n > 0 => ids.push(n as u64),
+                        _ => {
+                            return self
+                                .reply_local(|o, _| write::error(o, "ERR Invalid client ID"))
+                        }
+                    }
+                }
+                i = args.len();
+            } else {
+                return self.reply_local(|o, _| write::error(o, "ERR syntax error"));
+            }
+        }
+        self.publish_view();
+        let now = std::time::Instant::now();
+        let mut text = String::new();
+        for c in self.shared.client_list.all() {
+            if !ids.is_empty() && !ids.contains(&c.id) {
+                continue;
+            }
+            let v = c.view();
+            let pubsub = v.sub + v.psub + v.ssub > 0;
+            let keep = match kind.as_deref() {
+                None => true,
+                Some("normal") => !pubsub,
+                Some("pubsub") => pubsub,
+                Some(_) => false,
+            };
+            if keep {
+                text.push_str(&c.line(now));
+                text.push('\n');
+            }
+        }
+        self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()));
+    }
+
+    /// CLIENT KILL addr:port | [ID id] [ADDR addr] [LADDR addr] [TYPE t] [USER u] [SKIPME y/n].
+    fn client_kill(&mut self, args: Args<'_>) {
+        let rest: Vec<&[u8]> = (2..args.len()).filter_map(|i| args.get(i)).collect();
+        let filter = match crate::clients::KillFilter::parse(&rest) {
+            Ok(f) => f,
+            Err(e) => return self.reply_local(|o, _| write::error(o, e)),
+        };
+        let mut killed = 0i64;
+        for c in self.shared.client_list.all() {
+            if !filter.matches(&c, self.id) {
+                continue;
+            }
+            killed += 1;
+            if c.id == self.id {
+                // Redis answers, then closes.
+                self.closing = true;
+            } else {
+                c.kill();
+            }
+        }
+        if filter.old_form {
+            if killed == 0 {
+                return self.reply_local(|o, _| write::error(o, "ERR No such client"));
+            }
+            return self.reply_local(|o, _| write::ok(o));
+        }
+        self.reply_local(|o, _| write::integer(o, killed));
+    }
+
+    /// CLIENT UNBLOCK id [TIMEOUT|ERROR]: a client of slotmux blocked in BLPOP and the like
+    /// waits on a connection of its own; the node that holds it unblocks it.
+    fn client_unblock(&mut self, args: Args<'_>) {
+        let Some(id) = args.get(2).and_then(crate::resp::parse_i64) else {
+            return self.reply_local(|o, _| {
+                write::error(o, "ERR value is not an integer or out of range")
+            });
+        };
+        let mode: &[u8] = match args.get(3) {
+            None => b"TIMEOUT",
+            Some(m) if m.eq_ignore_ascii_case(b"TIMEOUT") => b"TIMEOUT",
+            Some(m) if m.eq_ignore_ascii_case(b"ERROR") => b"ERROR",
+            Some(_) => {
+                return self.reply_local(|o, _| {
+                    write::error(o, "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+                })
+            }
+        };
+        let target = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.shared.client_list.get(id))
+            .and_then(|c| c.blocked_on());
+        let Some((node, node_client)) = target else {
+            return self.reply_local(|o, _| write::integer(o, 0));
+        };
+        let cid = node_client.to_string();
+        let frame = write::encode_command([&b"CLIENT"[..], b"UNBLOCK", cid.as_bytes(), mode]);
+        self.forward_to(frame, node);
     }
 
     fn check_password(&self, user: &[u8], pass: &[u8]) -> Result<(), &'static str> {
@@ -214,6 +328,7 @@ impl Session {
             self.name = n;
         }
         self.proto = proto;
+        self.publish_view();
         let id = self.id as i64;
         let version = crate::info::cluster_version(self.topo.load());
         self.reply_local(|o, p| {

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clients::ClientEntry;
 use crate::cluster::Topology;
 use crate::error::ProxyError;
 use crate::metrics::{Outcome, SessionStats};
@@ -51,10 +52,11 @@ type TopoCache = arc_swap::Cache<Arc<arc_swap::ArcSwap<Topology>>, Arc<Topology>
 
 pub struct Session {
     worker: Rc<Worker>,
+    /// This client in the registry CLIENT LIST reads.
+    me: Arc<ClientEntry>,
     shared: Arc<Shared>,
     id: u64,
     peer: SocketAddr,
-    local: SocketAddr,
     proto: Proto,
     name: Option<Bytes>,
     authed: bool,
@@ -93,15 +95,18 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream) as i64;
+        let me = shared.client_list.register(id, peer, local, fd);
+        let _listed = Listed(shared.clone(), id);
         let inbox = Rc::new(Inbox::default());
         let topo = arc_swap::Cache::new(shared.cluster.cell());
         let mut s = Session {
             authed: shared.config.requirepass.is_none(),
             worker,
+            me: me.clone(),
             shared,
             id,
             peer,
-            local,
             proto: Proto::Resp2,
             name: None,
             topo,
@@ -146,6 +151,9 @@ impl Session {
         // on every command.
         let stop = shutdown.changed();
         tokio::pin!(stop);
+        // CLIENT KILL from any client, on any worker.
+        let killed = me.kill.notified();
+        tokio::pin!(killed);
 
         loop {
             // Parse whatever is buffered while there is room in the pipeline.
@@ -255,6 +263,10 @@ impl Session {
                     let _ = r;
                     s.closing = true;
                 }
+                () = &mut killed => {
+                    tracing::debug!(client = %s.peer, "client killed by CLIENT KILL");
+                    break;
+                }
             }
         }
         inbox.close();
@@ -345,6 +357,23 @@ impl Session {
         }
     }
 
+    /// Tells the client registry what changed (name, protocol, subscriptions, MULTI): cold,
+    /// called when one of those changes.
+    fn publish_view(&self) {
+        let name = self.name.clone();
+        let resp = self.proto.number();
+        let (sub, psub, ssub) = self.pubsub_counts();
+        let multi = self.multi_count();
+        self.me.set_view(|v| {
+            v.name = name;
+            v.resp = resp;
+            v.sub = sub;
+            v.psub = psub;
+            v.ssub = ssub;
+            v.multi = multi;
+        });
+    }
+
     /// Whether the session holds a connection of its own that must close with the client.
     fn holds_dedicated(&self) -> bool {
         self.watch.is_some()
@@ -361,6 +390,15 @@ impl Session {
 /// CLUSTERDOWN backoff).
 fn needs_rearm(armed: Option<Instant>, next: Instant) -> bool {
     armed.is_none_or(|at| next < at)
+}
+
+/// Takes a client out of the registry when its session ends, however it ends.
+struct Listed(Arc<Shared>, u64);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.0.client_list.remove(self.1);
+    }
 }
 
 /// Gives back the memory of a buffer that once held a huge command or reply, once it is empty.

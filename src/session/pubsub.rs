@@ -385,6 +385,19 @@ impl Session {
         }
     }
 
+    /// (channels, patterns, shard channels) the client is subscribed to, for CLIENT LIST.
+    pub(super) fn pubsub_counts(&self) -> (usize, usize, usize) {
+        let Some(ps) = &self.pubsub else {
+            return (0, 0, 0);
+        };
+        let (sub, psub) = ps
+            .streams
+            .first()
+            .and_then(|s| s.as_ref())
+            .map_or((0, 0), |s| (s.channels.len(), s.patterns.len()));
+        (sub, psub, ps.shard_count().max(0) as usize)
+    }
+
     fn pubsub_shard_count(&self) -> i64 {
         self.pubsub.as_ref().map(|p| p.shard_count()).unwrap_or(0)
     }
@@ -471,6 +484,7 @@ impl Session {
             self.shared.cluster.request_refresh(RefreshReason::Moved);
             self.adopt_orphans();
         }
+        self.publish_view();
         if hide {
             return;
         }

@@ -84,6 +84,11 @@ enum Queueable {
 }
 
 impl Session {
+    /// Commands queued in MULTI, or -1 outside it (CLIENT LIST's `multi`).
+    pub(super) fn multi_count(&self) -> i64 {
+        self.multi.as_ref().map_or(-1, |m| i64::from(m.count))
+    }
+
     pub(super) fn transaction(
         &mut self,
         t: Tx,
@@ -100,6 +105,7 @@ impl Session {
                         .reply_error(ProxyError::redis("ERR MULTI calls can not be nested"));
                 }
                 self.multi = Some(Multi::new());
+                self.publish_view();
                 self.reply_local(|o, _| write::ok(o));
             }
             Tx::Watch => {
@@ -123,6 +129,7 @@ impl Session {
                     return self.reply_error(ProxyError::redis("ERR DISCARD without MULTI"));
                 }
                 self.watch = None;
+                self.publish_view();
                 self.reply_local(|o, _| write::ok(o));
             }
             Tx::Exec => self.exec(),
@@ -194,6 +201,7 @@ impl Session {
             return self.reply_error(ProxyError::redis("ERR EXEC without MULTI"));
         };
         let watch = self.watch.take();
+        self.publish_view();
         if m.aborted {
             return self.reply_error(ProxyError::redis(EXECABORT));
         }

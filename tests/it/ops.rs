@@ -243,3 +243,89 @@ fn slowlog_records_slow_commands() {
         "{text}"
     );
 }
+
+/// CLIENT LIST, INFO, KILL and UNBLOCK about slotmux's own clients (issue 13: they were
+/// refused).
+#[test]
+fn client_list_kill_and_unblock_cover_slotmux_clients() {
+    let p = Proxy::for_cluster(cluster());
+    let id_of = |s: &mut std::net::TcpStream| -> String {
+        let r = crate::support::ask(s, &["CLIENT", "ID"]);
+        r.trim().trim_start_matches(':').to_string()
+    };
+    let mut a = p.raw();
+    assert_eq!(
+        crate::support::ask(&mut a, &["CLIENT", "SETNAME", "alpha"]),
+        "+OK\r\n"
+    );
+    let a_id = id_of(&mut a);
+    let mut b = p.raw();
+    let list = crate::support::ask(&mut b, &["CLIENT", "LIST"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&format!("id={a_id} ")))
+        .unwrap_or_else(|| panic!("no line for {a_id} in {list}"));
+    assert!(
+        line.contains(" name=alpha ") && line.contains(" cmd=client|id "),
+        "{line}"
+    );
+    assert!(
+        line.contains(" flags=N db=0 ") && line.ends_with("resp=2"),
+        "{line}"
+    );
+    let info = crate::support::ask(&mut b, &["CLIENT", "INFO"]);
+    assert!(info.contains("cmd=client|info"), "{info}");
+    assert!(crate::support::ask(&mut b, &["CLIENT", "LIST", "TYPE", "pubsub"]).starts_with("$0"));
+
+    // A client blocked in BLPOP is unblocked on its node, with an error or as a timeout.
+    let mut c = p.raw();
+    let c_id = id_of(&mut c);
+    let blocked = |b: &mut std::net::TcpStream| {
+        crate::support::ask(b, &["CLIENT", "LIST", "ID", &c_id]).contains("flags=b")
+    };
+    c.write_all(&encode(&["BLPOP", "unblock:list", "0"]))
+        .unwrap();
+    wait_until("the BLPOP to block", Duration::from_secs(10), || {
+        blocked(&mut b)
+    });
+    assert_eq!(
+        crate::support::ask(&mut b, &["CLIENT", "UNBLOCK", &c_id, "ERROR"]),
+        ":1\r\n"
+    );
+    assert!(read_reply_string(&mut c).starts_with("-UNBLOCKED"));
+    c.write_all(&encode(&["BLPOP", "unblock:list", "0"]))
+        .unwrap();
+    wait_until("the BLPOP to block again", Duration::from_secs(10), || {
+        blocked(&mut b)
+    });
+    assert_eq!(
+        crate::support::ask(&mut b, &["CLIENT", "UNBLOCK", &c_id]),
+        ":1\r\n"
+    );
+    assert_eq!(read_reply_string(&mut c), "*-1\r\n");
+    assert_eq!(
+        crate::support::ask(&mut b, &["CLIENT", "UNBLOCK", &c_id]),
+        ":0\r\n"
+    );
+    assert_eq!(
+        crate::support::ask(&mut b, &["CLIENT", "UNBLOCK", &c_id, "NOW"]),
+        "-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n"
+    );
+
+    // KILL by id closes that client's connection; an address nobody has is an error.
+    assert_eq!(
+        crate::support::ask(&mut b, &["CLIENT", "KILL", "ID", &a_id]),
+        ":1\r\n"
+    );
+    let mut byte = [0u8; 1];
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        std::io::Read::read(&mut a, &mut byte).unwrap_or(0),
+        0,
+        "killed"
+    );
+    assert_eq!(
+        crate::support::ask(&mut b, &["CLIENT", "KILL", "127.0.0.1:1"]),
+        "-ERR No such client\r\n"
+    );
+}
