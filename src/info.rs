@@ -191,7 +191,14 @@ fn clients(shared: &Shared) -> String {
         "connected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:0\r\nclients_in_timeout_table:0\r\n",
         shared.clients.load(Ordering::Relaxed),
         shared.config.maxclients,
-        shared.blocked.load(Ordering::Relaxed),
+        // Clients whose command the node holds (known once the node answered the id of
+        // their connection, read in the same batch as the blocking command).
+        shared
+            .client_list
+            .all()
+            .iter()
+            .filter(|c| c.blocked_on().is_some())
+            .count(),
     )
 }
 

@@ -38,6 +38,10 @@ pub struct Worker {
     /// Links taken out of the table (their node was forgotten) that still wait for replies:
     /// ticked for the reply timeout until they end.
     retiring: RefCell<Vec<Rc<Link>>>,
+    /// One connected, unused dedicated link per node and protocol that has needed one: a
+    /// blocking command or a WATCH is written at once, in the order the clients sent them,
+    /// instead of after a connect (which let a later command of another client overtake it).
+    spare: RefCell<Vec<(Arc<Node>, Proto, OwnedLink)>>,
     /// Fast hashes of script bodies this worker has put in the shared store, and the store's
     /// eviction count when the set was last valid.
     scripts_seen: RefCell<(u64, HashSet<u64>)>,
@@ -51,6 +55,7 @@ impl Worker {
             shared,
             links: RefCell::new(Vec::new()),
             retiring: RefCell::new(Vec::new()),
+            spare: RefCell::new(Vec::new()),
             scripts_seen: RefCell::new((0, HashSet::new())),
         }
     }
@@ -105,12 +110,26 @@ impl Worker {
     }
 
     /// A link of the caller's own (transactions, blocking commands, pub/sub); closed when the
-    /// handle is dropped. `None` when the node is in connect backoff.
+    /// handle is dropped. `None` when the node is in connect backoff. A dedicated link comes
+    /// from the spare one already connected when there is one, and a new spare is opened.
     pub fn owned(&self, node: &Arc<Node>, proto: Proto, kind: LinkKind) -> Option<OwnedLink> {
         if node.health().in_backoff() {
             return None;
         }
-        Some(OwnedLink::open(node.clone(), proto, kind))
+        if !matches!(kind, LinkKind::Dedicated) {
+            return Some(OwnedLink::open(node.clone(), proto, kind));
+        }
+        let mut spare = self.spare.borrow_mut();
+        let taken = spare
+            .iter()
+            .position(|(n, p, l)| Arc::ptr_eq(n, node) && *p == proto && l.is_usable())
+            .map(|i| spare.swap_remove(i).2);
+        spare.push((
+            node.clone(),
+            proto,
+            OwnedLink::open(node.clone(), proto, LinkKind::Dedicated),
+        ));
+        Some(taken.unwrap_or_else(|| OwnedLink::open(node.clone(), proto, LinkKind::Dedicated)))
     }
 
     /// Puts a script body in the shared store unless this worker already did: one hash per
@@ -138,6 +157,10 @@ impl Worker {
             every.tick().await;
             let now = Instant::now();
             let limit = self.shared.config.backend_timeout;
+            // Spares of nodes gone or dead are dropped (a new one comes with the next use).
+            self.spare
+                .borrow_mut()
+                .retain(|(n, _, l)| !n.is_forgotten() && l.is_usable());
             let mut retiring = self.retiring.borrow_mut();
             retiring.retain(|l| {
                 l.tick(now, limit);
