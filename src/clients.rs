@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::upstream::Node;
+use crate::worker::WorkerMsg;
 
 /// A client's state that changes rarely (names, subscriptions, transactions).
 #[derive(Debug, Clone, Default)]
@@ -42,8 +43,8 @@ pub struct ClientEntry {
     cmd: AtomicU16,
     view: Mutex<View>,
     killed: AtomicBool,
-    /// Woken when the client is killed.
-    pub kill: Notify,
+    /// The worker that serves the client: a kill goes through it.
+    worker: Option<UnboundedSender<WorkerMsg>>,
     /// Where the client waits in a blocking command: the node, and that node's id for the
     /// connection (for `CLIENT UNBLOCK`).
     blocked: Mutex<Option<(Arc<Node>, i64)>>,
@@ -84,10 +85,12 @@ impl ClientEntry {
         self.killed.load(Ordering::Relaxed)
     }
 
-    /// Asks the session to close the connection.
+    /// Asks the session to close the connection (through its worker, from any thread).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
-        self.kill.notify_one();
+        if let Some(w) = &self.worker {
+            let _ = w.send(WorkerMsg::Kill(self.id));
+        }
     }
 
     /// The client's `CLIENT LIST` line (Redis 7.0's fields; the memory ones are 0).
@@ -148,6 +151,7 @@ impl Clients {
         addr: SocketAddr,
         laddr: SocketAddr,
         fd: i64,
+        worker: Option<UnboundedSender<WorkerMsg>>,
     ) -> Arc<ClientEntry> {
         let entry = Arc::new(ClientEntry {
             id,
@@ -163,7 +167,7 @@ impl Clients {
                 ..View::default()
             }),
             killed: AtomicBool::new(false),
-            kill: Notify::new(),
+            worker,
             blocked: Mutex::new(None),
         });
         if let Ok(mut m) = self.map.lock() {
@@ -317,7 +321,7 @@ mod tests {
     fn a_registered_client_is_listed_until_its_session_ends() {
         let clients = Clients::default();
         let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let e = clients.register(9, addr, addr, 3);
+        let e = clients.register(9, addr, addr, 3, None);
         e.set_view(|v| v.name = Some(Bytes::from_static(b"worker")));
         let line = e.line(Instant::now());
         assert!(line.starts_with("id=9 addr=127.0.0.1:5000 laddr=127.0.0.1:5000 fd=3 name=worker age=0 idle=0 flags=N db=0 sub=0"), "{line}");

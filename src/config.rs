@@ -24,6 +24,12 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_SEEDS", value_delimiter = ',', required = true)]
     pub seeds: Vec<String>,
 
+    /// The address cluster-aware clients are told slotmux has (CLUSTER SLOTS/SHARDS/NODES
+    /// answer as a one-node cluster at this `host:port`). Default: the address the client
+    /// connected to.
+    #[arg(long, env = "SLOTMUX_ANNOUNCE_ADDR")]
+    pub announce_addr: Option<String>,
+
     /// HTTP address for /metrics, /healthz and /readyz; "off" disables it.
     #[arg(long, env = "SLOTMUX_METRICS_LISTEN", default_value = "0.0.0.0:9898")]
     pub metrics_listen: String,
@@ -40,7 +46,8 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_BACKEND_PASSWORD", hide_env_values = true)]
     pub backend_password: Option<String>,
 
-    /// Multiplexed connections per node and protocol version, shared by all clients.
+    /// Multiplexed connections per node, protocol version and worker, shared by the worker's
+    /// clients.
     #[arg(long, env = "SLOTMUX_BACKEND_CONNECTIONS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub backend_connections: u16,
@@ -119,7 +126,8 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// Worker threads (default: one per core).
+    /// Worker threads, each serving its share of the clients with its own backend
+    /// connections (default: half the cores available, rounded up: 1 on 2 cores).
     #[arg(long, env = "SLOTMUX_THREADS")]
     pub threads: Option<usize>,
 }

@@ -29,8 +29,9 @@ pub enum Merge {
     /// is picked with a chance in proportion to its key count, so an empty master never makes
     /// the answer nil while others hold keys.
     RandomKey,
-    /// Arrays of 0/1 combined element-wise with AND (SCRIPT EXISTS: loaded everywhere).
-    AndArrays,
+    /// Arrays of 0/1 combined element-wise with OR (SCRIPT EXISTS: a master has the script,
+    /// and slotmux loads it wherever an EVALSHA meets NOSCRIPT).
+    OrArrays,
     /// INFO: the masters' sections merged with slotmux's own (see `info`).
     Info,
     /// SCRIPT KILL / FUNCTION KILL: `+OK` if one master killed something, `-NOTBUSY` if
@@ -206,18 +207,18 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
             return parts.first().cloned().unwrap_or_default()
         }
         Merge::RandomKey => return random_key(parts, pseudo_random()),
-        Merge::AndArrays => {
+        Merge::OrArrays => {
             let Some(els) = all_elements(parts) else {
                 return protocol_error("arrays");
             };
             let n = els.first().map(|e| e.len()).unwrap_or(0);
             write::array_header(&mut out, n);
             for i in 0..n {
-                let all = parts
+                let any = parts
                     .iter()
                     .zip(&els)
-                    .all(|(p, e)| e.get(i).and_then(|&(a, b)| integer(&p[a..b])).unwrap_or(0) == 1);
-                write::integer(&mut out, all as i64);
+                    .any(|(p, e)| e.get(i).and_then(|&(a, b)| integer(&p[a..b])).unwrap_or(0) == 1);
+                write::integer(&mut out, any as i64);
             }
         }
     }
@@ -284,8 +285,8 @@ mod tests {
         );
         assert_eq!(
             &merge(
-                Merge::AndArrays,
-                &[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:1\r\n:0\r\n")],
+                Merge::OrArrays,
+                &[b("*2\r\n:1\r\n:0\r\n"), b("*2\r\n:0\r\n:0\r\n")],
                 &[]
             )[..],
             b"*2\r\n:1\r\n:0\r\n"

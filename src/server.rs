@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::shared::{Permit, Shared};
@@ -27,12 +26,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 
 /// Serves clients with already-built shared state (tests use this to inspect it).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
     let threads = shared
         .config
         .threads
         .unwrap_or_else(crate::worker::default_count);
-    let workers = match Workers::start(&shared, threads, stop_rx) {
+    let workers = match Workers::start(&shared, threads) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the worker threads");
@@ -68,7 +66,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         }
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    workers.drain();
     let deadline = Instant::now() + shared.config.drain_timeout;
     while shared.clients.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

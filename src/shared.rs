@@ -116,6 +116,13 @@ impl Scripts {
         }
     }
 
+    /// SCRIPT FLUSH: forget every script, as the nodes do (an EVALSHA then meets NOSCRIPT).
+    pub fn clear(&self) {
+        let mut st = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        *st = ScriptStore::default();
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn get(&self, sha: &[u8]) -> Option<Bytes> {
         let sha = std::str::from_utf8(sha).ok()?.to_ascii_lowercase();
         let st = self.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,7 +180,7 @@ impl Shared {
         cluster.spawn_refresher();
         crate::cluster::probe::spawn(&cluster);
         let shared = Arc::new(Shared {
-            slowlog: crate::slowlog::SlowLog::new(config.slowlog_max_len),
+            slowlog: crate::slowlog::SlowLog::new(config.slowlog_max_len, config.slowlog_threshold),
             metrics,
             scripts: Scripts::new(SCRIPT_BYTES),
             blocked: Arc::new(AtomicUsize::new(0)),

@@ -2,14 +2,15 @@
 //! SLOWLOG (newest first, bounded length, arguments truncated the way Redis truncates them)
 //! and logged one line each.
 //!
-//! Owns: the entries and the SLOWLOG GET/LEN/RESET replies. Only slow commands reach it, so
-//! a lock is fine here.
+//! Owns: the entries, the threshold and length (`CONFIG SET slowlog-log-slower-than` and
+//! `slowlog-max-len` through slotmux change them, as on one Redis), and the SLOWLOG
+//! GET/LEN/RESET replies. Only slow commands reach the lock.
 //! Must not: be consulted for fast commands (the session compares with the threshold first).
 
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ struct Entry {
 pub struct SlowLog {
     entries: Mutex<VecDeque<Entry>>,
     next_id: AtomicU64,
-    max_len: usize,
+    max_len: AtomicUsize,
+    /// Microseconds; negative: nothing is logged (Redis's `slowlog-log-slower-than`).
+    threshold_us: AtomicI64,
     log_second: AtomicU64,
     logged_this_second: AtomicU64,
 }
@@ -98,13 +101,36 @@ fn arg_ranges(frame: &[u8]) -> Vec<(usize, usize)> {
 }
 
 impl SlowLog {
-    pub fn new(max_len: usize) -> Self {
+    pub fn new(max_len: usize, threshold: Duration) -> Self {
         SlowLog {
             entries: Mutex::new(VecDeque::new()),
             log_second: AtomicU64::new(0),
             logged_this_second: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
-            max_len,
+            max_len: AtomicUsize::new(max_len),
+            threshold_us: AtomicI64::new(threshold.as_micros().min(i64::MAX as u128) as i64),
+        }
+    }
+
+    /// Commands at least this slow are logged; `None`: none is.
+    #[inline]
+    pub fn threshold(&self) -> Option<Duration> {
+        let us = self.threshold_us.load(Ordering::Relaxed);
+        (us >= 0).then(|| Duration::from_micros(us as u64))
+    }
+
+    /// Applies a `CONFIG SET slowlog-log-slower-than` / `slowlog-max-len` seen by slotmux.
+    pub fn configure(&self, param: &[u8], value: &[u8]) {
+        let Some(v) = crate::resp::parse_i64(value) else {
+            return;
+        };
+        if param.eq_ignore_ascii_case(b"slowlog-log-slower-than") {
+            self.threshold_us.store(v, Ordering::Relaxed);
+        } else if param.eq_ignore_ascii_case(b"slowlog-max-len") && v >= 0 {
+            self.max_len.store(v as usize, Ordering::Relaxed);
+            if let Ok(mut q) = self.entries.lock() {
+                q.truncate(v as usize);
+            }
         }
     }
 
@@ -126,7 +152,8 @@ impl SlowLog {
         if self.logged_this_second.fetch_add(1, Ordering::Relaxed) < 10 {
             tracing::info!(command = %command, micros, client = %peer, "slow command");
         }
-        if self.max_len == 0 {
+        let max_len = self.max_len.load(Ordering::Relaxed);
+        if max_len == 0 {
             return;
         }
         let unix = std::time::SystemTime::now()
@@ -143,7 +170,7 @@ impl SlowLog {
         };
         if let Ok(mut q) = self.entries.lock() {
             q.push_front(e);
-            q.truncate(self.max_len);
+            q.truncate(max_len);
         }
     }
 
@@ -193,7 +220,7 @@ mod tests {
 
     #[test]
     fn keeps_newest_first_and_truncates_like_redis() {
-        let log = SlowLog::new(2);
+        let log = SlowLog::new(2, Duration::from_millis(10));
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let long = "x".repeat(200);
         for v in ["a", "b", &long] {
@@ -208,5 +235,28 @@ mod tests {
         assert!(text.contains("... (72 more bytes)"));
         log.reset();
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn config_set_changes_threshold_and_length() {
+        let log = SlowLog::new(128, Duration::from_millis(10));
+        assert_eq!(log.threshold(), Some(Duration::from_millis(10)));
+        log.configure(b"SLOWLOG-LOG-SLOWER-THAN", b"0");
+        assert_eq!(log.threshold(), Some(Duration::ZERO));
+        log.configure(b"slowlog-log-slower-than", b"-1");
+        assert_eq!(log.threshold(), None);
+        log.configure(b"slowlog-log-slower-than", b"bla");
+        assert_eq!(log.threshold(), None);
+        log.configure(b"slowlog-max-len", b"1");
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..3 {
+            log.record(
+                Duration::from_millis(20),
+                b"*1\r\n$4\r\nPING\r\n",
+                peer,
+                None,
+            );
+        }
+        assert_eq!(log.len(), 1);
     }
 }

@@ -11,28 +11,45 @@
 //! snapshot).
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::resp::write::Proto;
 use crate::session::Session;
 use crate::shared::{Permit, Shared};
-use crate::upstream::{Link, LinkKind, Node, OwnedLink, UpstreamError};
+use crate::upstream::{Inbox, Link, LinkKind, Node, OwnedLink, Signal, UpstreamError};
 
 /// How often a worker checks its links for hung nodes and flushes their metrics.
 const TICK: Duration = Duration::from_millis(100);
+
+/// What a worker is told from other threads.
+pub enum WorkerMsg {
+    /// A client to serve.
+    Client(Incoming),
+    /// CLIENT KILL of one of its clients.
+    Kill(u64),
+    /// Shutdown: every session finishes what is in flight and closes.
+    Drain,
+    /// The end: the worker's remaining sessions are dropped and its thread returns.
+    Stop,
+}
 
 /// One worker's state, shared (`Rc`) by its sessions.
 pub struct Worker {
     pub index: usize,
     pub shared: Arc<Shared>,
+    /// This worker's own channel (its clients' registry entries kill through it).
+    pub tx: Option<mpsc::UnboundedSender<WorkerMsg>>,
+    /// Its sessions' inboxes, by client id, for kills and the drain.
+    sessions: RefCell<HashMap<u64, Weak<Inbox>>>,
+    draining: std::cell::Cell<bool>,
     lanes: usize,
     links: RefCell<Vec<Option<Rc<Link>>>>,
     /// Links taken out of the table (their node was forgotten) that still wait for replies:
@@ -48,9 +65,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<Shared>) -> Worker {
+    fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        tx: Option<mpsc::UnboundedSender<WorkerMsg>>,
+    ) -> Worker {
         Worker {
             index,
+            tx,
+            sessions: RefCell::new(HashMap::new()),
+            draining: std::cell::Cell::new(false),
             lanes: usize::from(shared.config.backend_connections.max(1)),
             shared,
             links: RefCell::new(Vec::new()),
@@ -62,9 +86,38 @@ impl Worker {
 
     /// A test worker on the current thread (must run inside a `LocalSet`).
     pub fn for_tests(shared: Arc<Shared>) -> Rc<Worker> {
-        let w = Rc::new(Worker::new(0, shared));
+        let w = Rc::new(Worker::new(0, shared, None));
         tokio::task::spawn_local(w.clone().tick_loop());
         w
+    }
+
+    /// Registers a session's inbox (kills and the drain reach it); a session that starts
+    /// after the drain began is told at once.
+    pub fn enter(&self, id: u64, inbox: &Rc<Inbox>) {
+        self.sessions.borrow_mut().insert(id, Rc::downgrade(inbox));
+        if self.draining.get() {
+            inbox.signal(Signal::Drain);
+        }
+    }
+
+    pub fn leave(&self, id: u64) {
+        self.sessions.borrow_mut().remove(&id);
+    }
+
+    fn signal(&self, id: Option<u64>, s: Signal) {
+        let sessions = self.sessions.borrow();
+        let targets: Vec<Rc<Inbox>> = match id {
+            Some(id) => sessions
+                .get(&id)
+                .and_then(Weak::upgrade)
+                .into_iter()
+                .collect(),
+            None => sessions.values().filter_map(Weak::upgrade).collect(),
+        };
+        drop(sessions);
+        for inbox in targets {
+            inbox.signal(s);
+        }
     }
 
     /// This worker's shared link `lane` to `node` for protocol `proto`, opened if needed.
@@ -191,7 +244,7 @@ pub struct Incoming {
 }
 
 struct Handle {
-    tx: mpsc::UnboundedSender<Incoming>,
+    tx: mpsc::UnboundedSender<WorkerMsg>,
     load: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -201,20 +254,22 @@ pub struct Workers {
     handles: Vec<Handle>,
 }
 
-/// The default number of workers: one per core.
+/// The default number of workers: half the cores the process may use (cgroup limits
+/// included), rounded up. Measured on 2 cores (docs/BENCHMARKS.md, run 9): one worker used
+/// 5-16% less CPU per request than two at equal throughput (2.71 instead of 3.18 system calls
+/// per GET at pipeline 1: with two, each worker sleeps in epoll and is woken more often),
+/// because the clients and the kernel's network work need the other core. A sidecar with a
+/// one- or two-core limit gets one worker.
 pub fn default_count() -> usize {
-    std::thread::available_parallelism()
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1)
+        .unwrap_or(1);
+    cores.div_ceil(2)
 }
 
 impl Workers {
-    /// Starts `n` workers; sessions watch `stop` to begin draining.
-    pub fn start(
-        shared: &Arc<Shared>,
-        n: usize,
-        stop: watch::Receiver<bool>,
-    ) -> std::io::Result<Workers> {
+    /// Starts `n` workers.
+    pub fn start(shared: &Arc<Shared>, n: usize) -> std::io::Result<Workers> {
         let mut handles = Vec::new();
         for index in 0..n.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -222,12 +277,12 @@ impl Workers {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (sh, ld, st) = (shared.clone(), load.clone(), stop.clone());
+            let (sh, ld, me) = (shared.clone(), load.clone(), tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("slotmux-w{index}"))
                 .spawn(move || {
                     let local = tokio::task::LocalSet::new();
-                    local.block_on(&rt, worker_main(index, sh, rx, ld, st));
+                    local.block_on(&rt, worker_main(index, sh, me, rx, ld));
                 })?;
             handles.push(Handle {
                 tx,
@@ -240,20 +295,33 @@ impl Workers {
 
     /// Hands a client to the worker with the fewest clients (kernel hashing of
     /// SO_REUSEPORT skews workers; a count does not).
-    pub fn hand_over(&self, mut inc: Incoming) {
+    pub fn hand_over(&self, inc: Incoming) {
         let mut order: Vec<&Handle> = self.handles.iter().collect();
         order.sort_by_key(|h| h.load.load(Ordering::Relaxed));
+        let mut msg = WorkerMsg::Client(inc);
         for h in order {
-            match h.tx.send(inc) {
+            match h.tx.send(msg) {
                 Ok(()) => return,
-                Err(e) => inc = e.0,
+                Err(e) => msg = e.0,
             }
         }
-        tracing::error!(client = %inc.peer, "no worker left to serve the client");
+        if let WorkerMsg::Client(inc) = msg {
+            tracing::error!(client = %inc.peer, "no worker left to serve the client");
+        }
+    }
+
+    /// Shutdown begins: every session answers what is in flight, reads nothing more, closes.
+    pub fn drain(&self) {
+        for h in &self.handles {
+            let _ = h.tx.send(WorkerMsg::Drain);
+        }
     }
 
     /// Stops the workers (their remaining sessions are dropped) and waits for their threads.
     pub async fn stop(mut self) {
+        for h in &self.handles {
+            let _ = h.tx.send(WorkerMsg::Stop);
+        }
         let threads: Vec<_> = self
             .handles
             .iter_mut()
@@ -281,13 +349,26 @@ impl Drop for LoadGuard {
 async fn worker_main(
     index: usize,
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Incoming>,
+    me: mpsc::UnboundedSender<WorkerMsg>,
+    mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
     load: Arc<AtomicUsize>,
-    stop: watch::Receiver<bool>,
 ) {
-    let worker = Rc::new(Worker::new(index, shared));
+    let worker = Rc::new(Worker::new(index, shared, Some(me)));
     tokio::task::spawn_local(worker.clone().tick_loop());
-    while let Some(inc) = rx.recv().await {
+    while let Some(msg) = rx.recv().await {
+        let inc = match msg {
+            WorkerMsg::Client(inc) => inc,
+            WorkerMsg::Kill(id) => {
+                worker.signal(Some(id), Signal::Kill);
+                continue;
+            }
+            WorkerMsg::Drain => {
+                worker.draining.set(true);
+                worker.signal(None, Signal::Drain);
+                continue;
+            }
+            WorkerMsg::Stop => break,
+        };
         let stream = match tokio::net::TcpStream::from_std(inc.stream) {
             Ok(s) => s,
             Err(e) => {
@@ -297,9 +378,9 @@ async fn worker_main(
         };
         load.fetch_add(1, Ordering::Relaxed);
         let guard = LoadGuard(load.clone());
-        let (w, stop, permit) = (worker.clone(), stop.clone(), inc.permit);
+        let (w, permit) = (worker.clone(), inc.permit);
         tokio::task::spawn_local(async move {
-            Session::run(w, stream, inc.peer, stop).await;
+            Session::run(w, stream, inc.peer).await;
             drop(permit);
             drop(guard);
         });

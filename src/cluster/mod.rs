@@ -3,6 +3,7 @@
 //! Owns: `key_slot`, the immutable [`topology::Topology`] snapshot behind an `ArcSwap`, the
 //! refresh task and the health probes. Must not: send client traffic (that is `upstream`'s job).
 
+pub mod facade;
 pub mod probe;
 pub mod refresh;
 pub mod slot;

@@ -129,9 +129,16 @@ pub enum Local {
     ClientList,
     ClientKill,
     ClientUnblock,
+    ClientReply,
     ClientOk,
     ReadOnlyWrite,
     ClusterKeySlot,
+    /// CLUSTER SLOTS/SHARDS/NODES/MYID/INFO: slotmux as a one-node cluster.
+    ClusterSlots,
+    ClusterShards,
+    ClusterNodes,
+    ClusterMyId,
+    ClusterInfo,
     SlowlogGet,
     SlowlogLen,
     SlowlogReset,
@@ -306,6 +313,7 @@ fn decide(spec: &CommandSpec) -> Handling {
         "client|id" => Local(self::Local::ClientId),
         "client|info" => Local(self::Local::ClientInfo),
         "client|list" => Local(self::Local::ClientList),
+        "client|reply" => Local(self::Local::ClientReply),
         "client|kill" => Local(self::Local::ClientKill),
         "client|unblock" => Local(self::Local::ClientUnblock),
         "client|no-evict" => Local(self::Local::ClientOk),
@@ -325,10 +333,14 @@ fn decide(spec: &CommandSpec) -> Handling {
         | "command|list"
         | "command|help" => AnyMaster,
         "cluster|countkeysinslot" | "cluster|getkeysinslot" => SlotArg,
-        "cluster|info" | "cluster|slots" | "cluster|shards" | "cluster|nodes" | "cluster|myid"
-        | "cluster|help" => AnyMaster,
+        "cluster|slots" => Local(self::Local::ClusterSlots),
+        "cluster|shards" => Local(self::Local::ClusterShards),
+        "cluster|nodes" => Local(self::Local::ClusterNodes),
+        "cluster|myid" => Local(self::Local::ClusterMyId),
+        "cluster|info" => Local(self::Local::ClusterInfo),
+        "cluster|help" => AnyMaster,
         "config|get" | "config|help" => AnyMaster,
-        "time" | "lolwut" => AnyMaster,
+        "time" | "lolwut" | "pfselftest" => AnyMaster,
         "function|list" | "function|dump" | "function|stats" => AnyMaster,
         // Scripts without keys may run on any master; with keys they follow them (see route).
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Keyed,
@@ -341,7 +353,7 @@ fn decide(spec: &CommandSpec) -> Handling {
         "script|load" | "function|load" | "function|delete" | "function|restore" => {
             AllMasters(Merge::First)
         }
-        "script|exists" => AllMasters(Merge::AndArrays),
+        "script|exists" => AllMasters(Merge::OrArrays),
         "script|kill" | "function|kill" => KillScripts(Merge::Kill),
         "randomkey" => AllMasters(Merge::RandomKey),
         "config|set" | "config|resetstat" => AllNodes(Merge::AllOk),
@@ -366,8 +378,7 @@ fn decide(spec: &CommandSpec) -> Handling {
         "monitor" | "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover"
         | "replicaof" | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move"
         | "migrate" | "module" | "asking" => Refused(ADMIN),
-        "client|reply"
-        | "client|tracking"
+        "client|tracking"
         | "client|caching"
         | "client|getredir"
         | "client|trackinginfo"

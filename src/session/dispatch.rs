@@ -22,7 +22,16 @@ impl Session {
             name: "unknown",
             started: self.now,
         });
+        self.silent = match self.reply_mode {
+            super::ReplyMode::On => false,
+            super::ReplyMode::Off => true,
+            super::ReplyMode::SkipNext => {
+                self.reply_mode = super::ReplyMode::On;
+                true
+            }
+        };
         self.handle_inner(frame, ranges);
+        self.silent = false;
         // Handed on without a reply of its own (a subscription, answered by pushes): counts as
         // done now.
         if let Some(m) = self.cur.take() {
@@ -77,6 +86,15 @@ impl Session {
         }
         if self.pubsub.is_some() && self.refuse_in_subscribed_state(name) {
             return;
+        }
+        match spec.name {
+            "script|flush" => self.shared.scripts.clear(),
+            "config|set" => {
+                if let Err(e) = self.config_set(args) {
+                    return self.reject(e);
+                }
+            }
+            _ => {}
         }
         let readonly = command::is_readonly(spec);
         if matches!(spec.name, "eval" | "eval_ro" | "script|load") {
@@ -145,6 +163,53 @@ impl Session {
                 self.fan_out(plan.merge, None, plan.order, parts, frame, now);
             }
         }
+    }
+
+    /// CONFIG SET goes to every node: refused for the settings that are each node's own (an
+    /// address, a file, the credentials slotmux uses), and applied to slotmux's own slow log
+    /// for its two settings (SLOWLOG is answered by slotmux).
+    fn config_set(&self, args: Args<'_>) -> Result<(), ProxyError> {
+        const OWN: [&str; 24] = [
+            "port",
+            "tls-port",
+            "bind",
+            "bind-source-addr",
+            "unixsocket",
+            "unixsocketperm",
+            "dir",
+            "dbfilename",
+            "logfile",
+            "pidfile",
+            "appendfilename",
+            "appenddirname",
+            "cluster-config-file",
+            "cluster-port",
+            "cluster-announce-ip",
+            "cluster-announce-port",
+            "cluster-announce-bus-port",
+            "cluster-announce-tls-port",
+            "cluster-announce-hostname",
+            "requirepass",
+            "masterauth",
+            "masteruser",
+            "replicaof",
+            "slaveof",
+        ];
+        let mut i = 2;
+        while i + 1 < args.len() {
+            let param = args.get(i).unwrap_or_default();
+            let value = args.get(i + 1).unwrap_or_default();
+            let name = String::from_utf8_lossy(param).to_ascii_lowercase();
+            if OWN.contains(&name.as_str()) {
+                return Err(ProxyError::Refused {
+                    command: format!("config set {name}"),
+                    why: "changes a setting that is each node's own (its address, its files or the credentials slotmux uses); set it on the nodes themselves",
+                });
+            }
+            self.shared.slowlog.configure(param, value);
+            i += 2;
+        }
+        Ok(())
     }
 
     /// Refuses the command; inside MULTI that also fails the transaction, as in Redis.

@@ -87,14 +87,43 @@ impl Session {
                 self.reply_local(|o, p| write::verbatim(o, p, line.as_bytes()));
             }
             Local::ClientList => self.client_list(args),
+            Local::ClientReply => {
+                let mode = arg(2);
+                if mode.eq_ignore_ascii_case(b"ON") {
+                    self.reply_mode = super::ReplyMode::On;
+                    self.silent = false;
+                    self.reply_local(|o, _| write::ok(o));
+                } else if mode.eq_ignore_ascii_case(b"OFF") {
+                    self.reply_mode = super::ReplyMode::Off;
+                } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                    if self.reply_mode != super::ReplyMode::Off {
+                        self.reply_mode = super::ReplyMode::SkipNext;
+                    }
+                } else {
+                    self.reply_local(|o, _| write::error(o, "ERR syntax error"));
+                }
+            }
             Local::ClientKill => self.client_kill(args),
             Local::ClientUnblock => self.client_unblock(args),
+            Local::ClusterSlots
+            | Local::ClusterShards
+            | Local::ClusterNodes
+            | Local::ClusterMyId
+            | Local::ClusterInfo => self.cluster_facade(cmd),
             Local::ClusterKeySlot => {
                 let slot = key_slot(arg(2)) as i64;
                 self.reply_local(|o, _| write::integer(o, slot));
             }
             Local::SlowlogGet => {
-                let count = args.get(2).and_then(crate::resp::parse_i64);
+                let count = match args.get(2).map(crate::resp::parse_i64) {
+                    None => None,
+                    Some(Some(n)) if n >= -1 => Some(n),
+                    Some(_) => {
+                        return self.reply_local(|o, _| {
+                            write::error(o, "ERR count should be greater than or equal to -1")
+                        })
+                    }
+                };
                 let shared = self.shared.clone();
                 self.reply_local(|o, _| shared.slowlog.get(o, count));
             }
@@ -106,6 +135,41 @@ impl Session {
                 self.shared.slowlog.reset();
                 self.reply_local(|o, _| write::ok(o));
             }
+        }
+    }
+
+    /// CLUSTER SLOTS/SHARDS/NODES/MYID/INFO: slotmux as a one-node cluster owning every slot,
+    /// at `--announce-addr` or the address this client reached.
+    fn cluster_facade(&mut self, cmd: Local) {
+        use crate::cluster::facade;
+        let announced = self.shared.config.announce_addr.clone();
+        let (host, port) = match announced.as_deref().and_then(|a| a.rsplit_once(':')) {
+            Some((h, p)) => (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().unwrap_or(6379),
+            ),
+            None => (self.me.laddr.ip().to_string(), self.me.laddr.port()),
+        };
+        let id = self.shared.run_id.clone();
+        let ok = self.shared.readiness().is_ok();
+        let me = facade::Me {
+            id: &id,
+            host: &host,
+            port,
+            ok,
+        };
+        match cmd {
+            Local::ClusterSlots => self.reply_local(|o, _| facade::slots(o, &me)),
+            Local::ClusterShards => self.reply_local(|o, p| facade::shards(o, p, &me)),
+            Local::ClusterNodes => {
+                let text = facade::nodes_text(&me);
+                self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()))
+            }
+            Local::ClusterInfo => {
+                let text = facade::info_text(&me);
+                self.reply_local(|o, p| write::verbatim(o, p, text.as_bytes()))
+            }
+            _ => self.reply_local(|o, _| write::bulk(o, id.as_bytes())),
         }
     }
 

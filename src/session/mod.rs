@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clients::ClientEntry;
@@ -38,7 +37,7 @@ use crate::metrics::{Outcome, SessionStats};
 use crate::resp::request::{Limits, RequestScanner};
 use crate::resp::write::Proto;
 use crate::shared::Shared;
-use crate::upstream::{Inbox, Node};
+use crate::upstream::{Inbox, Node, Signal};
 use crate::worker::Worker;
 use queue::{Entry, Meta, Queue, Slot};
 
@@ -81,24 +80,36 @@ pub struct Session {
     watch: Option<tx::Watch>,
     multi: Option<tx::Multi>,
     pubsub: Option<pubsub::PubSub>,
+    /// CLIENT REPLY: whether replies are written.
+    reply_mode: ReplyMode,
+    /// The command being handled gets no reply (CLIENT REPLY OFF, or SKIP before it).
+    silent: bool,
+}
+
+/// CLIENT REPLY's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    /// The next command's reply is dropped (CLIENT REPLY SKIP).
+    SkipNext,
 }
 
 impl Session {
-    /// Serves one client until it quits, breaks the protocol, or shutdown drains it.
-    pub async fn run(
-        worker: Rc<Worker>,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    /// Serves one client until it quits, breaks the protocol, is killed, or shutdown drains
+    /// it.
+    pub async fn run(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) {
         let shared = worker.shared.clone();
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream) as i64;
-        let me = shared.client_list.register(id, peer, local, fd);
-        let _listed = Listed(shared.clone(), id);
+        let me = shared
+            .client_list
+            .register(id, peer, local, fd, worker.tx.clone());
         let inbox = Rc::new(Inbox::default());
+        worker.enter(id, &inbox);
+        let _listed = Listed(shared.clone(), worker.clone(), id);
         let topo = arc_swap::Cache::new(shared.cluster.cell());
         let mut s = Session {
             authed: shared.config.requirepass.is_none(),
@@ -125,6 +136,8 @@ impl Session {
             watch: None,
             multi: None,
             pubsub: None,
+            reply_mode: ReplyMode::On,
+            silent: false,
         };
         let cfg = s.shared.config.clone();
         let mut scanner = RequestScanner::new(Limits {
@@ -144,16 +157,6 @@ impl Session {
         // When the retry timer fires, if it is armed: an earlier retry re-arms it.
         let mut retry_at: Option<Instant> = None;
         let mut yielded = false;
-        if *shutdown.borrow() {
-            return;
-        }
-        // Created once: a fresh `changed()` per loop turn would lock the watch's waiter list
-        // on every command.
-        let stop = shutdown.changed();
-        tokio::pin!(stop);
-        // CLIENT KILL from any client, on any worker.
-        let killed = me.kill.notified();
-        tokio::pin!(killed);
 
         loop {
             // Parse whatever is buffered while there is room in the pipeline.
@@ -209,6 +212,16 @@ impl Session {
             tokio::select! {
                 biased;
                 () = poll_fn(|cx| inbox.poll_ready(cx)) => {
+                    // Kills and the drain come through the inbox too: no other waker to poll
+                    // on every turn.
+                    match inbox.take_signal() {
+                        Some(Signal::Kill) => {
+                            tracing::debug!(client = %s.peer, "client killed by CLIENT KILL");
+                            break;
+                        }
+                        Some(Signal::Drain) => s.closing = true,
+                        None => {}
+                    }
                     while let Some(reply) = inbox.pop() {
                         s.on_reply(reply);
                     }
@@ -259,14 +272,7 @@ impl Session {
                     tracing::debug!(client = %s.peer, "closing idle client");
                     break;
                 }
-                r = &mut stop, if !s.closing => {
-                    let _ = r;
-                    s.closing = true;
-                }
-                () = &mut killed => {
-                    tracing::debug!(client = %s.peer, "client killed by CLIENT KILL");
-                    break;
-                }
+
             }
         }
         inbox.close();
@@ -297,6 +303,9 @@ impl Session {
                 self.stats
                     .record(&self.shared.metrics, m.name, outcome, took);
             }
+            if self.silent {
+                self.out.truncate(start);
+            }
         } else {
             let mut b = BytesMut::new();
             f(&mut b, self.proto);
@@ -304,14 +313,15 @@ impl Session {
             if meta.is_none() {
                 self.push_bytes += b.len();
             }
-            self.queue.push(Entry::ready(b.freeze(), outcome), meta);
+            self.queue
+                .push(Entry::ready(b.freeze(), outcome), meta, self.silent);
         }
     }
 
     /// Queues an entry answering the current command; returns its number.
     fn push(&mut self, e: Entry) -> u64 {
         let meta = self.cur.take();
-        self.queue.push(e, meta)
+        self.queue.push(e, meta, self.silent)
     }
 
     /// Moves finished replies at the front of the queue to the output, in order.
@@ -330,11 +340,14 @@ impl Session {
                         request,
                     },
                 meta,
+                silent,
             }) = self.queue.pop_front()
             else {
                 break;
             };
-            self.out.extend_from_slice(&reply);
+            if !silent {
+                self.out.extend_from_slice(&reply);
+            }
             if meta.is_none() {
                 self.push_bytes = self.push_bytes.saturating_sub(reply.len());
             }
@@ -343,7 +356,7 @@ impl Session {
                 let took = t.saturating_duration_since(m.started);
                 self.stats
                     .record(&self.shared.metrics, m.name, outcome, took.as_secs_f64());
-                if took >= self.shared.config.slowlog_threshold {
+                if self.shared.slowlog.threshold().is_some_and(|t| took >= t) {
                     let request = request.unwrap_or_default();
                     self.shared
                         .slowlog
@@ -392,12 +405,14 @@ fn needs_rearm(armed: Option<Instant>, next: Instant) -> bool {
     armed.is_none_or(|at| next < at)
 }
 
-/// Takes a client out of the registry when its session ends, however it ends.
-struct Listed(Arc<Shared>, u64);
+/// Takes a client out of the registry and its worker's list when its session ends, however
+/// it ends.
+struct Listed(Arc<Shared>, Rc<Worker>, u64);
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.0.client_list.remove(self.1);
+        self.0.client_list.remove(self.2);
+        self.1.leave(self.2);
     }
 }
 

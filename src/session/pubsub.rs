@@ -8,7 +8,11 @@
 //! re-subscribed on the current owner, and a shard channel that a node drops because its slot
 //! moved (an unasked-for `sunsubscribe`), or whose SSUBSCRIBE met MOVED, is re-subscribed on
 //! the slot's new master. Confirmations of what slotmux re-subscribes are hidden; shard
-//! confirmations carry the client's total, as one Redis would count it.
+//! confirmations carry the client's total, as one Redis would count it. Keyspace
+//! notifications are published by each node for its own keys only: a subscription that can
+//! match `__keyspace@...`/`__keyevent@...` is mirrored on every other master (hidden), and
+//! only keyspace messages are taken from those mirrors (PUBLISH reaches every node, so the
+//! rest would come twice).
 //! Must not: touch the shared connections or the request queue beyond appending frames.
 
 use bytes::Bytes;
@@ -33,6 +37,10 @@ pub(super) const STREAM_BASE: u64 = u64::MAX - 1;
 const MAX_STREAMS: u64 = 4096;
 /// The retry tag for shard channels waiting for a home.
 const ORPHANS_TAG: u64 = STREAM_BASE - (MAX_STREAMS - 1);
+/// The retry tag for putting the keyspace mirrors in line with the masters.
+const MIRRORS_TAG: u64 = STREAM_BASE - (MAX_STREAMS - 2);
+/// How often a keyspace subscriber's mirrors are checked against the masters (new ones).
+const MIRROR_CHECK: Duration = Duration::from_secs(5);
 
 pub(super) fn is_stream_tag(tag: u64) -> bool {
     tag <= STREAM_BASE && tag > STREAM_BASE - MAX_STREAMS
@@ -62,12 +70,15 @@ struct Stream {
     /// Unsubscribes the client asked for, not yet confirmed: any other unsubscribe
     /// confirmation is the node's own doing.
     leaving: BTreeSet<Bytes>,
+    /// A keyspace mirror on another master (see the module doc), not a shard stream.
+    mirror: bool,
 }
 
 impl Stream {
-    fn new(node: Arc<Node>, conn: OwnedLink) -> Stream {
+    fn new(node: Arc<Node>, conn: OwnedLink, mirror: bool) -> Stream {
         Stream {
             node,
+            mirror,
             conn: Some(conn),
             count: 0,
             channels: BTreeSet::new(),
@@ -89,6 +100,25 @@ pub(super) struct PubSub {
     /// Stream 0's subscribe commands that were in flight when it was lost: sent again,
     /// visibly, when it is back (`true` for patterns).
     unconfirmed: Vec<(Bytes, bool)>,
+    /// The client's channels and patterns (`true`) that can match keyspace notifications:
+    /// what every mirror subscribes.
+    keyspace: BTreeSet<(Bytes, bool)>,
+}
+
+/// Whether a channel (or a pattern) can carry keyspace notifications.
+fn keyspace_name(name: &[u8], pattern: bool) -> bool {
+    const NAMES: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
+    if !pattern {
+        return NAMES.iter().any(|n| name.starts_with(n));
+    }
+    // The literal start of the pattern must agree with one of the two prefixes.
+    let lit = name
+        .iter()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .map_or(name, |i| &name[..i]);
+    NAMES
+        .iter()
+        .any(|n| n.starts_with(lit) || lit.starts_with(n))
 }
 
 impl PubSub {
@@ -109,6 +139,7 @@ impl PubSub {
             .iter()
             .skip(1)
             .flatten()
+            .filter(|s| !s.mirror)
             .map(|s| s.channels.len())
             .sum();
         (held + self.orphans.len()) as i64
@@ -149,6 +180,10 @@ impl Session {
     /// Queues a push for the client, unless everything buffered for it (written output and
     /// pushes queued behind a pending command) would pass the pub/sub output limit.
     fn deliver(&mut self, frame: Bytes) {
+        // CLIENT REPLY OFF silences pushes too, as in Redis.
+        if self.reply_mode == super::ReplyMode::Off {
+            return;
+        }
         let limit = self.shared.config.pubsub_output_limit;
         if (self.out.len() + self.push_bytes + frame.len()) as u64 > limit {
             // Counted once: more frames of the same batch arrive after `kill` is set.
@@ -166,12 +201,13 @@ impl Session {
             self.out.extend_from_slice(&frame);
         } else {
             self.push_bytes += frame.len();
-            self.queue.push(Entry::ready(frame, Outcome::Ok), None);
+            self.queue
+                .push(Entry::ready(frame, Outcome::Ok), None, false);
         }
     }
 
     /// Opens (or reopens) stream `idx` on `node`.
-    fn open_stream(&mut self, idx: usize, node: Arc<Node>) -> bool {
+    fn open_stream(&mut self, idx: usize, node: Arc<Node>, mirror: bool) -> bool {
         let tag = STREAM_BASE - idx as u64;
         let kind = LinkKind::Stream {
             tag,
@@ -191,22 +227,14 @@ impl Session {
                 s.sent.clear();
                 s.count = 0;
             }
-            slot @ None => *slot = Some(Stream::new(node, conn)),
+            slot @ None => *slot = Some(Stream::new(node, conn, mirror)),
         }
         true
     }
 
-    /// The shard stream on `node`, opened if needed.
-    fn shard_stream(&mut self, node: &Arc<Node>) -> Option<usize> {
+    /// A free stream index (not 0).
+    fn free_stream(&mut self) -> Option<usize> {
         let ps = self.pubsub.get_or_insert_with(PubSub::default);
-        let found = ps.streams.iter().enumerate().skip(1).find_map(|(i, s)| {
-            s.as_ref()
-                .filter(|s| Arc::ptr_eq(&s.node, node) && s.conn.is_some())
-                .map(|_| i)
-        });
-        if found.is_some() {
-            return found;
-        }
         let free = ps
             .streams
             .iter()
@@ -215,7 +243,22 @@ impl Session {
             .find(|(_, s)| s.is_none())
             .map(|(i, _)| i)
             .unwrap_or(ps.streams.len().max(1));
-        if free as u64 >= MAX_STREAMS - 1 || !self.open_stream(free, node.clone()) {
+        ((free as u64) < MAX_STREAMS - 2).then_some(free)
+    }
+
+    /// The shard stream on `node`, opened if needed.
+    fn shard_stream(&mut self, node: &Arc<Node>) -> Option<usize> {
+        let ps = self.pubsub.get_or_insert_with(PubSub::default);
+        let found = ps.streams.iter().enumerate().skip(1).find_map(|(i, s)| {
+            s.as_ref()
+                .filter(|s| !s.mirror && Arc::ptr_eq(&s.node, node) && s.conn.is_some())
+                .map(|_| i)
+        });
+        if found.is_some() {
+            return found;
+        }
+        let free = self.free_stream()?;
+        if !self.open_stream(free, node.clone(), false) {
             return None;
         }
         Some(free)
@@ -279,11 +322,13 @@ impl Session {
                     let Some(node) = topo.master_for(0).cloned() else {
                         return self.reply_error(ProxyError::SlotNotServed);
                     };
-                    if !self.open_stream(0, node.clone()) {
+                    if !self.open_stream(0, node.clone(), false) {
                         return self.reply_error(ProxyError::Unreachable(node.addr.clone()));
                     }
                 }
-                self.stream_send(0, &frame, Some((channels, kind == Sub::PSubscribe, false)));
+                let pattern = kind == Sub::PSubscribe;
+                self.stream_send(0, &frame, Some((channels.clone(), pattern, false)));
+                self.mirror_subscribe(&channels, pattern);
             }
             Sub::Unsubscribe | Sub::PUnsubscribe => {
                 let name: &[u8] = if kind == Sub::Unsubscribe {
@@ -303,8 +348,9 @@ impl Session {
                         } else {
                             channels.clone()
                         };
-                        s.leaving.extend(leaving);
+                        s.leaving.extend(leaving.iter().cloned());
                         self.stream_send(0, &frame, None);
+                        self.mirror_unsubscribe(&leaving, kind == Sub::PUnsubscribe);
                         return;
                     }
                 }
@@ -339,7 +385,7 @@ impl Session {
         // Orphans are the client's too: unsubscribing them needs no node.
         let wanted: Vec<Bytes> = if channels.is_empty() {
             let mut all: Vec<Bytes> = ps.orphans.keys().cloned().collect();
-            for s in ps.streams.iter().skip(1).flatten() {
+            for s in ps.streams.iter().skip(1).flatten().filter(|s| !s.mirror) {
                 all.extend(s.channels.iter().cloned());
             }
             all
@@ -355,7 +401,7 @@ impl Session {
             }
             let at = ps.streams.iter().enumerate().skip(1).find_map(|(i, s)| {
                 s.as_ref()
-                    .filter(|s| s.conn.is_some() && s.channels.contains(&c))
+                    .filter(|s| !s.mirror && s.conn.is_some() && s.channels.contains(&c))
                     .map(|_| i)
             });
             match at {
@@ -424,6 +470,14 @@ impl Session {
         };
         if frame.first() == Some(&b'-') {
             return self.stream_error(idx, frame);
+        }
+        let mirror = self
+            .pubsub
+            .as_mut()
+            .and_then(|p| p.stream(idx))
+            .is_some_and(|s| s.mirror);
+        if mirror {
+            return self.on_mirror(idx, frame);
         }
         let Some(els) = elements(&frame).filter(|e| e.len() == 3) else {
             return self.deliver(frame);
@@ -598,6 +652,12 @@ impl Session {
             })
             .collect();
         let node = s.node.addr.clone();
+        if s.mirror {
+            ps.streams[idx] = None;
+            self.retries
+                .push((Instant::now() + Duration::from_millis(200), MIRRORS_TAG));
+            return;
+        }
         if idx > 0 {
             // Each shard channel goes back to its own slot's master, wherever that is now.
             let channels = std::mem::take(&mut s.channels);
@@ -639,6 +699,9 @@ impl Session {
         if tag == ORPHANS_TAG {
             return self.adopt_orphans();
         }
+        if tag == MIRRORS_TAG {
+            return self.sync_mirrors();
+        }
         if tag != STREAM_BASE {
             return;
         }
@@ -657,7 +720,7 @@ impl Session {
             .map(|p| std::mem::take(&mut p.unconfirmed))
             .unwrap_or_default();
         let opened = match topo.master_for(0).cloned() {
-            Some(n) => self.open_stream(0, n),
+            Some(n) => self.open_stream(0, n, false),
             None => false,
         };
         if !opened {
@@ -677,6 +740,186 @@ impl Session {
         for (c, pattern) in unconfirmed {
             let kind: &[u8] = if pattern { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
             self.send_subscribe(0, kind, vec![c], false);
+        }
+        // Stream 0 may now be on a node that had a mirror.
+        self.sync_mirrors();
+    }
+
+    /// New keyspace-capable subscriptions of the client: on every mirror too (hidden), and
+    /// mirrors opened where missing.
+    fn mirror_subscribe(&mut self, names: &[Bytes], pattern: bool) {
+        let fresh: Vec<Bytes> = names
+            .iter()
+            .filter(|n| keyspace_name(n, pattern))
+            .cloned()
+            .collect();
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        let fresh: Vec<Bytes> = fresh
+            .into_iter()
+            .filter(|n| ps.keyspace.insert((n.clone(), pattern)))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let kind: &[u8] = if pattern { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
+        for idx in self.mirror_indexes() {
+            self.send_subscribe(idx, kind, fresh.clone(), true);
+        }
+        self.sync_mirrors();
+    }
+
+    /// The client left these (all of its kind when `names` lists them all): off the mirrors.
+    fn mirror_unsubscribe(&mut self, names: &[Bytes], pattern: bool) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        let gone: Vec<Bytes> = names
+            .iter()
+            .filter(|n| ps.keyspace.remove(&((*n).clone(), pattern)))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        if ps.keyspace.is_empty() {
+            for s in ps.streams.iter_mut().skip(1) {
+                if s.as_ref().is_some_and(|s| s.mirror) {
+                    *s = None;
+                }
+            }
+            return;
+        }
+        let kind: &[u8] = if pattern {
+            b"PUNSUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
+        let frame = write::encode_command(
+            std::iter::once(kind)
+                .chain(gone.iter().map(|c| &c[..]))
+                .collect::<Vec<_>>(),
+        );
+        for idx in self.mirror_indexes() {
+            self.stream_send(idx, &frame, None);
+        }
+    }
+
+    fn mirror_indexes(&self) -> Vec<usize> {
+        self.pubsub
+            .as_ref()
+            .map(|ps| {
+                ps.streams
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.as_ref().is_some_and(|s| s.mirror && s.conn.is_some()))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One mirror on every master but stream 0's while the client has keyspace-capable
+    /// subscriptions: opened where missing (subscribing them all, hidden), dropped where the
+    /// node is no longer a master; checked again later for masters to come.
+    fn sync_mirrors(&mut self) {
+        let topo = self.topo.load().clone();
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        if ps.keyspace.is_empty() {
+            return;
+        }
+        let main = ps
+            .streams
+            .first()
+            .and_then(|s| s.as_ref())
+            .filter(|s| s.conn.is_some())
+            .map(|s| s.node.clone());
+        let wanted: Vec<Arc<Node>> = topo
+            .masters
+            .iter()
+            .filter(|m| !main.as_ref().is_some_and(|n| Arc::ptr_eq(n, m)))
+            .cloned()
+            .collect();
+        for s in ps.streams.iter_mut().skip(1) {
+            let stale = s
+                .as_ref()
+                .is_some_and(|s| s.mirror && !wanted.iter().any(|m| Arc::ptr_eq(m, &s.node)));
+            if stale {
+                *s = None;
+            }
+        }
+        let missing: Vec<Arc<Node>> = wanted
+            .into_iter()
+            .filter(|m| {
+                !ps.streams
+                    .iter()
+                    .flatten()
+                    .any(|s| s.mirror && s.conn.is_some() && Arc::ptr_eq(&s.node, m))
+            })
+            .collect();
+        let channels: Vec<Bytes> = ps
+            .keyspace
+            .iter()
+            .filter(|k| !k.1)
+            .map(|k| k.0.clone())
+            .collect();
+        let patterns: Vec<Bytes> = ps
+            .keyspace
+            .iter()
+            .filter(|k| k.1)
+            .map(|k| k.0.clone())
+            .collect();
+        let mut again = Duration::from_secs(0);
+        for node in missing {
+            let opened = match self.free_stream() {
+                Some(idx) if self.open_stream(idx, node, true) => Some(idx),
+                _ => None,
+            };
+            let Some(idx) = opened else {
+                again = Duration::from_millis(500);
+                continue;
+            };
+            if !channels.is_empty() {
+                self.send_subscribe(idx, b"SUBSCRIBE", channels.clone(), true);
+            }
+            if !patterns.is_empty() {
+                self.send_subscribe(idx, b"PSUBSCRIBE", patterns.clone(), true);
+            }
+        }
+        let next = if again.is_zero() { MIRROR_CHECK } else { again };
+        if !self.retries.iter().any(|r| r.1 == MIRRORS_TAG) {
+            self.retries.push((Instant::now() + next, MIRRORS_TAG));
+        }
+    }
+
+    /// A frame of a keyspace mirror: only keyspace messages reach the client.
+    fn on_mirror(&mut self, idx: usize, frame: Bytes) {
+        let Some(els) = elements(&frame) else { return };
+        let Some(&first) = els.first() else { return };
+        let kind = body(&frame, first);
+        let channel = match (&kind[..], els.len()) {
+            (b"message", 3) => body(&frame, els[1]),
+            (b"pmessage", 4) => body(&frame, els[2]),
+            (b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe", 3) => {
+                if let Some(s) = self.pubsub.as_mut().and_then(|p| p.stream(idx)) {
+                    if matches!(&kind[..], b"subscribe" | b"psubscribe") {
+                        if let Some(p) = s.sent.front_mut() {
+                            p.left = p.left.saturating_sub(1);
+                            if p.left == 0 {
+                                s.sent.pop_front();
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        if keyspace_name(&channel, false) {
+            self.deliver(frame);
         }
     }
 
@@ -712,4 +955,29 @@ impl Session {
 fn frame_has_null_channel(frame: &[u8], r: (usize, usize)) -> bool {
     let x = &frame[r.0..r.1];
     x.starts_with(b"$-1") || x.starts_with(b"_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_names() {
+        assert!(keyspace_name(b"__keyspace@0__:foo", false));
+        assert!(keyspace_name(b"__keyevent@0__:set", false));
+        assert!(!keyspace_name(b"news", false));
+        for p in [
+            "*",
+            "__key*",
+            "__keyevent@*",
+            "__keyspace@0__:*",
+            "_*",
+            "?*",
+        ] {
+            assert!(keyspace_name(p.as_bytes(), true), "{p}");
+        }
+        for p in ["news*", "__other*", "k*"] {
+            assert!(!keyspace_name(p.as_bytes(), true), "{p}");
+        }
+    }
 }

@@ -174,6 +174,8 @@ pub(super) struct Meta {
 pub(super) struct Slot {
     pub entry: Entry,
     pub meta: Option<Meta>,
+    /// The client asked for no reply (CLIENT REPLY OFF or SKIP): counted, not written.
+    pub silent: bool,
 }
 
 /// The entries of one session in request order.
@@ -198,9 +200,13 @@ impl Queue {
         self.base + self.slots.len() as u64
     }
 
-    pub fn push(&mut self, entry: Entry, meta: Option<Meta>) -> u64 {
+    pub fn push(&mut self, entry: Entry, meta: Option<Meta>, silent: bool) -> u64 {
         let n = self.next_number();
-        self.slots.push_back(Slot { entry, meta });
+        self.slots.push_back(Slot {
+            entry,
+            meta,
+            silent,
+        });
         n
     }
 
@@ -252,7 +258,7 @@ mod tests {
     fn tags_find_their_flights_after_the_front_moves() {
         let mut q = Queue::default();
         let f = |s: &'static [u8]| Flight::new(Bytes::from_static(s), Target::AnyMaster, true);
-        let a = q.push(Entry::One(f(b"a")), None);
+        let a = q.push(Entry::One(f(b"a")), None, false);
         let b = q.push(
             Entry::Many(Box::new(Fanout {
                 merge: Merge::Sum,
@@ -263,6 +269,7 @@ mod tests {
                 request: Bytes::new(),
             })),
             None,
+            false,
         );
         assert_eq!((a, b), (0, 1));
         assert_eq!(&q.flight_mut(tag(b, 2)).unwrap().frame[..], b"b2");

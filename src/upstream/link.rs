@@ -37,10 +37,20 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Socket reads per task turn before the link lets the sessions it woke run.
 const MAX_READS_PER_TURN: usize = 8;
 
-/// Where one session's replies land. Filled by links, drained by the session.
+/// Where one session's replies land, and its worker's signals. Filled by links and the
+/// worker, drained by the session: the one thing a session waits on besides its socket.
 #[derive(Default)]
 pub struct Inbox {
     st: RefCell<InboxState>,
+}
+
+/// What a worker tells one of its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Shutdown: answer what is in flight, read nothing more, close.
+    Drain,
+    /// CLIENT KILL: close now.
+    Kill,
 }
 
 #[derive(Default)]
@@ -48,6 +58,7 @@ struct InboxState {
     q: VecDeque<Reply>,
     waker: Option<Waker>,
     closed: bool,
+    signal: Option<Signal>,
 }
 
 impl Inbox {
@@ -66,10 +77,29 @@ impl Inbox {
         }
     }
 
-    /// Ready when a reply is waiting; otherwise remembers who to wake.
+    /// Raises a signal (a kill outranks a drain), waking the session if it is parked.
+    pub fn signal(&self, s: Signal) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            if st.signal != Some(Signal::Kill) {
+                st.signal = Some(s);
+            }
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The signal raised since the last call, if any.
+    pub fn take_signal(&self) -> Option<Signal> {
+        self.st.borrow_mut().signal.take()
+    }
+
+    /// Ready when a reply or a signal is waiting; otherwise remembers who to wake.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.st.borrow_mut();
-        if !st.q.is_empty() {
+        if !st.q.is_empty() || st.signal.is_some() {
             return Poll::Ready(());
         }
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

@@ -3,6 +3,7 @@
 
 use crate::cluster;
 use crate::support::{ask, read_reply_string, Proxy};
+use std::time::Duration;
 
 #[test]
 fn subscribe_publish_and_subscribed_state_rules() {
@@ -94,4 +95,64 @@ fn resp3_subscriber_gets_pushes_and_keeps_running_commands() {
         ">3\r\n$7\r\nmessage\r\n$6\r\nr3news\r\n$1\r\nm\r\n"
     );
     assert_eq!(ask(&mut sub, &["GET", "ps:r3"]), "$1\r\nv\r\n");
+}
+
+/// Each node publishes keyspace notifications for its own keys only: through slotmux a
+/// keyspace subscription hears every master (issue 13: events of two masters were lost).
+#[test]
+fn keyspace_notifications_come_from_every_master() {
+    let c = cluster();
+    let p = Proxy::for_cluster(c);
+    let mut cmd = p.raw();
+    assert_eq!(
+        ask(
+            &mut cmd,
+            &["CONFIG", "SET", "notify-keyspace-events", "KEA"]
+        ),
+        "+OK\r\n"
+    );
+    let mut sub = p.raw();
+    assert_eq!(
+        ask(&mut sub, &["PSUBSCRIBE", "__keyevent@0__:hset"]),
+        "*3\r\n$10\r\npsubscribe\r\n$19\r\n__keyevent@0__:hset\r\n:1\r\n"
+    );
+    // slotmux mirrors the subscription on the other masters.
+    crate::support::wait_until(
+        "the pattern on every master",
+        Duration::from_secs(10),
+        || {
+            c.masters()
+                .iter()
+                .all(|m| crate::support::raw_cmd(m.0, &["PUBSUB", "NUMPAT"]) != ":0\r\n")
+        },
+    );
+    let keys: Vec<String> = c
+        .masters()
+        .iter()
+        .map(|m| {
+            let slot: u16 = m.2.split(['-', ' ']).next().unwrap().parse().unwrap();
+            crate::support::key_for_slot(slot, "ks-event-")
+        })
+        .collect();
+    for k in &keys {
+        assert_eq!(ask(&mut cmd, &["HSET", k, "f", "v"]), ":1\r\n");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        if seen.len() == keys.len() {
+            break;
+        }
+        let m = read_reply_string(&mut sub);
+        assert!(m.starts_with("*4\r\n$8\r\npmessage\r\n"), "{m}");
+        for k in &keys {
+            if m.ends_with(&format!("${}\r\n{k}\r\n", k.len())) {
+                assert!(seen.insert(k.clone()), "{k} heard twice");
+            }
+        }
+    }
+    assert_eq!(seen.len(), keys.len(), "events of every master");
+    assert_eq!(
+        ask(&mut cmd, &["CONFIG", "SET", "notify-keyspace-events", ""]),
+        "+OK\r\n"
+    );
 }

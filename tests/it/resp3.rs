@@ -121,3 +121,62 @@ print("redis-py", redis.__version__, "ok")
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// A client configured for cluster mode (redis-py `RedisCluster`) pointed at slotmux sees a
+/// one-node cluster (slotmux owns every slot) and sends everything to it (issue 16).
+#[test]
+fn redis_py_cluster_client_sees_one_node() {
+    let has_py = std::process::Command::new("python3")
+        .args(["-c", "import redis.cluster"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_py {
+        assert!(
+            std::env::var_os("SLOTMUX_REQUIRE_PY").is_none(),
+            "SLOTMUX_REQUIRE_PY is set but python3 cannot import redis.cluster"
+        );
+        eprintln!("SKIPPED: python3 'redis' package not installed (pip install redis)");
+        return;
+    }
+    let p = Proxy::for_cluster(cluster());
+    let script = r#"
+import sys
+from redis.cluster import RedisCluster
+port = int(sys.argv[1])
+rc = RedisCluster(host="127.0.0.1", port=port)
+nodes = rc.get_nodes()
+assert [(n.host, n.port) for n in nodes] == [("127.0.0.1", port)], nodes
+keys = [f"pyc:{i}" for i in range(100)]
+for k in keys:
+    rc.set(k, k)
+assert rc.mget_nonatomic(keys) == [k.encode() for k in keys]
+pipe = rc.pipeline()
+for k in keys:
+    pipe.get(k)
+assert pipe.execute() == [k.encode() for k in keys]
+assert rc.cluster_keyslot("foo") == 12182
+print("redis-py cluster client ok")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &p.addr.port().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-py RedisCluster failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the raw replies.
+    let mut s = p.raw();
+    let slots = crate::support::ask(&mut s, &["CLUSTER", "SLOTS"]);
+    assert!(
+        slots.starts_with(&format!(
+            "*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:{}\r\n",
+            p.addr.port()
+        )),
+        "{slots}"
+    );
+    let info = crate::support::ask(&mut s, &["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:1"));
+}
