@@ -43,6 +43,8 @@ pub struct ClientEntry {
     cmd: AtomicU16,
     view: Mutex<View>,
     killed: AtomicBool,
+    /// A command of the client waits for a CLIENT PAUSE to end (Redis counts it blocked).
+    postponed: AtomicBool,
     /// The worker that serves the client: a kill goes through it.
     worker: Option<UnboundedSender<WorkerMsg>>,
     /// Where the client waits in a blocking command: the node, and that node's id for the
@@ -81,6 +83,15 @@ impl ClientEntry {
         self.blocked.lock().ok().and_then(|b| b.clone())
     }
 
+    pub fn set_postponed(&self, on: bool) {
+        self.postponed.store(on, Ordering::Relaxed);
+    }
+
+    /// Blocked, for INFO and CLIENT LIST: held by a node or by a pause.
+    pub fn is_blocked(&self) -> bool {
+        self.postponed.load(Ordering::Relaxed) || self.blocked_on().is_some()
+    }
+
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
     }
@@ -107,7 +118,7 @@ impl ClientEntry {
         if v.multi >= 0 {
             flags.push('x');
         }
-        if self.blocked_on().is_some() {
+        if self.is_blocked() {
             flags.push('b');
         }
         if flags.is_empty() {
@@ -167,6 +178,7 @@ impl Clients {
                 ..View::default()
             }),
             killed: AtomicBool::new(false),
+            postponed: AtomicBool::new(false),
             worker,
             blocked: Mutex::new(None),
         });

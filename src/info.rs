@@ -197,7 +197,7 @@ fn clients(shared: &Shared) -> String {
             .client_list
             .all()
             .iter()
-            .filter(|c| c.blocked_on().is_some())
+            .filter(|c| c.is_blocked())
             .count(),
     )
 }

@@ -7,7 +7,7 @@
 //! everything here that changes is a cold-path counter or behind a lock taken on rare events.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,51 @@ pub struct Stats {
 impl Stats {
     pub fn retry(&self, why: RetryReason) {
         self.retries[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// CLIENT PAUSE as slotmux applies it to its own clients: until a deadline, their write
+/// commands (or all commands) wait in their session, in order, instead of going to a node.
+#[derive(Debug, Default)]
+pub struct Pause {
+    /// Milliseconds since the process started; 0: no pause.
+    until_ms: AtomicU64,
+    all: AtomicBool,
+}
+
+impl Pause {
+    /// Pauses until `until`; a pause already running keeps the later end and the wider kind.
+    pub fn set(&self, started: Instant, until: Instant, all: bool) {
+        let ms = until.saturating_duration_since(started).as_millis() as u64 + 1;
+        if self.until_ms.load(Ordering::Relaxed) == 0 {
+            self.all.store(all, Ordering::Relaxed);
+        } else if all {
+            self.all.store(true, Ordering::Relaxed);
+        }
+        self.until_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn clear(&self) {
+        self.until_ms.store(0, Ordering::Relaxed);
+        self.all.store(false, Ordering::Relaxed);
+    }
+
+    /// When a command must wait until: `Some(deadline)` while a pause holds it (`may_write`:
+    /// the command writes or may replicate; an ALL pause holds everything).
+    #[inline]
+    pub fn holds(&self, started: Instant, now: Instant, may_write: bool) -> Option<Instant> {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let deadline = started + std::time::Duration::from_millis(until);
+        (now < deadline && (may_write || self.all.load(Ordering::Relaxed))).then_some(deadline)
+    }
+
+    /// Whether any pause is set (one load: the per-command check).
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.until_ms.load(Ordering::Relaxed) != 0
     }
 }
 
@@ -154,6 +199,10 @@ pub struct Shared {
     pub started: Instant,
     /// This process's random identity (INFO's run_id).
     pub run_id: String,
+    pub pause: Pause,
+    /// The workers' channels, to tell every session of an unpause.
+    pub workers:
+        std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<crate::worker::WorkerMsg>>>,
 }
 
 impl Shared {
@@ -192,6 +241,8 @@ impl Shared {
             stats: Stats::default(),
             started: Instant::now(),
             run_id: run_id(),
+            pause: Pause::default(),
+            workers: std::sync::OnceLock::new(),
         });
         shared.spawn_ops_ticker();
         shared
@@ -212,6 +263,14 @@ impl Shared {
                 last = now;
             }
         });
+    }
+
+    /// CLIENT UNPAUSE: commands held by the pause go, on every worker.
+    pub fn unpause(&self) {
+        self.pause.clear();
+        for w in self.workers.get().into_iter().flatten() {
+            let _ = w.send(crate::worker::WorkerMsg::Unpause);
+        }
     }
 
     /// A place for one more blocked client, if the limit allows.

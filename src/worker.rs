@@ -39,6 +39,8 @@ pub enum WorkerMsg {
     Drain,
     /// The end: the worker's remaining sessions are dropped and its thread returns.
     Stop,
+    /// CLIENT UNPAUSE: sessions holding a paused command try it again.
+    Unpause,
 }
 
 /// One worker's state, shared (`Rc`) by its sessions.
@@ -290,6 +292,9 @@ impl Workers {
                 thread: Some(thread),
             });
         }
+        let _ = shared
+            .workers
+            .set(handles.iter().map(|h| h.tx.clone()).collect());
         Ok(Workers { handles })
     }
 
@@ -368,6 +373,10 @@ async fn worker_main(
                 continue;
             }
             WorkerMsg::Stop => break,
+            WorkerMsg::Unpause => {
+                worker.signal(None, Signal::Unpause);
+                continue;
+            }
         };
         let stream = match tokio::net::TcpStream::from_std(inc.stream) {
             Ok(s) => s,

@@ -130,6 +130,8 @@ pub enum Local {
     ClientKill,
     ClientUnblock,
     ClientReply,
+    ClientPause,
+    ClientUnpause,
     ClientOk,
     ReadOnlyWrite,
     ClusterKeySlot,
@@ -378,12 +380,11 @@ fn decide(spec: &CommandSpec) -> Handling {
         "monitor" | "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover"
         | "replicaof" | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move"
         | "migrate" | "module" | "asking" => Refused(ADMIN),
-        "client|tracking"
-        | "client|caching"
-        | "client|getredir"
-        | "client|trackinginfo"
-        | "client|pause"
-        | "client|unpause" => Refused(CONN_STATE),
+        "client|pause" => Local(self::Local::ClientPause),
+        "client|unpause" => Local(self::Local::ClientUnpause),
+        "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo" => {
+            Refused(CONN_STATE)
+        }
         "acl|cat" | "acl|genpass" | "acl|whoami" => AnyMaster,
         n if n.ends_with("|help") => AnyMaster,
         n if n.starts_with("cluster|") => Refused(ADMIN),

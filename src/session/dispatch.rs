@@ -212,12 +212,86 @@ impl Session {
         Ok(())
     }
 
+    /// Under a CLIENT PAUSE: until when this command must wait (it may write, or the pause
+    /// is ALL). Commands with a syntax error are answered at once, and inside MULTI only EXEC
+    /// waits, as in Redis.
+    pub(super) fn paused_until(&self, args: Args<'_>) -> Option<Instant> {
+        let pause = &self.shared.pause;
+        if !pause.any() {
+            return None;
+        }
+        let mut spec = command::lookup(args.get(0)?)?;
+        if !spec.subcommands.is_empty() && args.len() >= 2 {
+            spec = command::lookup_sub(spec, args.get(1)?)?;
+        }
+        if !command::arity_ok(spec, args.len()) {
+            return None;
+        }
+        if self.multi.is_some() && spec.name != "exec" {
+            return None;
+        }
+        let may_write = match spec.name {
+            "exec" => self.multi.as_ref().is_some_and(|m| m.writes()),
+            // A script that declares no writes may run (its shebang says so).
+            "eval" => !no_writes_script(args.get(1).unwrap_or_default()),
+            "evalsha" => !args
+                .get(1)
+                .and_then(|sha| self.shared.scripts.get(sha))
+                .is_some_and(|body| no_writes_script(&body)),
+            "fcall" | "publish" | "spublish" | "pfcount" => true,
+            _ => spec.flags & command::table::F_WRITE != 0,
+        };
+        let now = std::time::Instant::now();
+        pause
+            .holds(self.shared.started, now, may_write)
+            .map(Instant::from_std)
+    }
+
+    /// Holds a command until the pause ends (or CLIENT UNPAUSE).
+    pub(super) fn hold(&mut self, frame: Bytes, ranges: &[(usize, usize)], until: Instant) {
+        self.held = Some((frame, ranges.to_vec()));
+        self.me.set_postponed(true);
+        self.retries.push((until, PAUSE_TAG));
+    }
+
+    /// Runs the held command if the pause no longer holds it.
+    pub(super) fn release_held(&mut self) {
+        let Some((frame, ranges)) = self.held.take() else {
+            return;
+        };
+        let args = Args {
+            frame: &frame,
+            ranges: &ranges,
+        };
+        if let Some(until) = self.paused_until(args) {
+            return self.hold(frame.clone(), &ranges, until);
+        }
+        self.me.set_postponed(false);
+        self.now = Instant::now();
+        self.handle(frame, &ranges);
+    }
+
     /// Refuses the command; inside MULTI that also fails the transaction, as in Redis.
     fn reject(&mut self, e: ProxyError) {
         if let Some(m) = &mut self.multi {
             m.fail();
         }
         self.reply_error(e);
+    }
+
+    /// Sends `frame`, made by slotmux, to every master; OK when all say OK.
+    pub(super) fn send_to_every_master(&mut self, frame: Bytes) {
+        let topo = self.topo.load().clone();
+        if topo.masters.is_empty() {
+            return self.reply_local(|o, _| crate::resp::write::ok(o));
+        }
+        let parts = topo
+            .masters
+            .iter()
+            .map(|m| Flight::new(frame.clone(), Target::Node(m.clone()), false))
+            .collect();
+        let now = self.now;
+        self.fan_out(Merge::AllOk, None, Vec::new(), parts, frame, now);
     }
 
     /// Sends `frame`, made by slotmux, to `node` as the current command's one request.
@@ -273,6 +347,15 @@ impl Session {
         let now = self.now;
         self.fan_out(Merge::Info, Some(sections), Vec::new(), parts, request, now);
     }
+}
+
+/// The retry tag that releases a command held by CLIENT PAUSE.
+pub(super) const PAUSE_TAG: u64 = 1 << 61;
+
+/// Whether a script's shebang declares it writes nothing (`#!lua flags=no-writes`).
+fn no_writes_script(body: &[u8]) -> bool {
+    let first = body.split(|&b| b == b'\n').next().unwrap_or_default();
+    first.starts_with(b"#!") && first.windows(9).any(|w| w == b"no-writes")
 }
 
 /// Redis's text for an unknown command, with the first arguments quoted.

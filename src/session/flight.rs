@@ -485,6 +485,10 @@ impl Session {
                 self.resubscribe(tag);
                 continue;
             }
+            if tag == super::dispatch::PAUSE_TAG {
+                self.release_held();
+                continue;
+            }
             if self
                 .queue
                 .flight_mut(tag)

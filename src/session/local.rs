@@ -87,6 +87,12 @@ impl Session {
                 self.reply_local(|o, p| write::verbatim(o, p, line.as_bytes()));
             }
             Local::ClientList => self.client_list(args),
+            Local::ClientPause => self.client_pause(args),
+            Local::ClientUnpause => {
+                self.shared.unpause();
+                let frame = Bytes::from_static(b"*2\r\n$6\r\nCLIENT\r\n$7\r\nUNPAUSE\r\n");
+                self.send_to_every_master(frame);
+            }
             Local::ClientReply => {
                 let mode = arg(2);
                 if mode.eq_ignore_ascii_case(b"ON") {
@@ -136,6 +142,37 @@ impl Session {
                 self.reply_local(|o, _| write::ok(o));
             }
         }
+    }
+
+    /// CLIENT PAUSE timeout [WRITE|ALL]: slotmux holds its own clients' commands (writes, or
+    /// all) until the end; a WRITE pause also reaches every master, which then stops
+    /// expiring keys, as one Redis does. An ALL pause stays in slotmux: on the nodes it would
+    /// stop slotmux's own connections too.
+    fn client_pause(&mut self, args: Args<'_>) {
+        let Some(ms) = args
+            .get(2)
+            .and_then(crate::resp::parse_i64)
+            .filter(|&n| n >= 0)
+        else {
+            return self.reply_local(|o, _| {
+                write::error(o, "ERR timeout is not an integer or out of range")
+            });
+        };
+        let all = match args.get(3) {
+            None => true,
+            Some(m) if m.eq_ignore_ascii_case(b"ALL") => true,
+            Some(m) if m.eq_ignore_ascii_case(b"WRITE") => false,
+            Some(_) => return self.reply_local(|o, _| write::error(o, "ERR syntax error")),
+        };
+        let now = std::time::Instant::now();
+        let until = now + std::time::Duration::from_millis(ms as u64);
+        self.shared.pause.set(self.shared.started, until, all);
+        if all {
+            return self.reply_local(|o, _| write::ok(o));
+        }
+        let ms = ms.to_string();
+        let frame = write::encode_command([&b"CLIENT"[..], b"PAUSE", ms.as_bytes(), b"WRITE"]);
+        self.send_to_every_master(frame);
     }
 
     /// CLUSTER SLOTS/SHARDS/NODES/MYID/INFO: slotmux as a one-node cluster owning every slot,

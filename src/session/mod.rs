@@ -82,6 +82,9 @@ pub struct Session {
     pubsub: Option<pubsub::PubSub>,
     /// CLIENT REPLY: whether replies are written.
     reply_mode: ReplyMode,
+    /// A command held by CLIENT PAUSE (its frame and argument ranges): nothing after it is
+    /// read until it goes.
+    held: Option<(Bytes, Vec<(usize, usize)>)>,
     /// The command being handled gets no reply (CLIENT REPLY OFF, or SKIP before it).
     silent: bool,
 }
@@ -137,6 +140,7 @@ impl Session {
             multi: None,
             pubsub: None,
             reply_mode: ReplyMode::On,
+            held: None,
             silent: false,
         };
         let cfg = s.shared.config.clone();
@@ -161,9 +165,18 @@ impl Session {
         loop {
             // Parse whatever is buffered while there is room in the pipeline.
             if !s.closing && !inbuf.is_empty() {
-                while s.queue.len() < max_pipeline && !s.closing {
+                while s.queue.len() < max_pipeline && !s.closing && s.held.is_none() {
                     match scanner.next(&mut inbuf) {
-                        Ok(Some(frame)) => s.handle(frame, scanner.args()),
+                        Ok(Some(frame)) => {
+                            let args = crate::command::Args {
+                                frame: &frame,
+                                ranges: scanner.args(),
+                            };
+                            match s.paused_until(args) {
+                                Some(until) => s.hold(frame.clone(), scanner.args(), until),
+                                None => s.handle(frame, scanner.args()),
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             s.reply_error(ProxyError::redis(format!("ERR {e}")));
@@ -192,7 +205,10 @@ impl Session {
                     retry_at = Some(next);
                 }
             }
-            let can_read = !s.closing && s.queue.len() < max_pipeline && s.out.len() < OUT_HIGH;
+            let can_read = !s.closing
+                && s.held.is_none()
+                && s.queue.len() < max_pipeline
+                && s.out.len() < OUT_HIGH;
             if can_read && inbuf.capacity() - inbuf.len() < FIRST_READ / 2 {
                 // Small until the client shows it sends more.
                 inbuf.reserve(if inbuf.capacity() == 0 {
@@ -214,13 +230,16 @@ impl Session {
                 () = poll_fn(|cx| inbox.poll_ready(cx)) => {
                     // Kills and the drain come through the inbox too: no other waker to poll
                     // on every turn.
-                    match inbox.take_signal() {
-                        Some(Signal::Kill) => {
-                            tracing::debug!(client = %s.peer, "client killed by CLIENT KILL");
-                            break;
-                        }
-                        Some(Signal::Drain) => s.closing = true,
-                        None => {}
+                    let signals = inbox.take_signals();
+                    if Signal::Kill.raised_in(signals) {
+                        tracing::debug!(client = %s.peer, "client killed by CLIENT KILL");
+                        break;
+                    }
+                    if Signal::Drain.raised_in(signals) {
+                        s.closing = true;
+                    }
+                    if Signal::Unpause.raised_in(signals) {
+                        s.release_held();
                     }
                     while let Some(reply) = inbox.pop() {
                         s.on_reply(reply);

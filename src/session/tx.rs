@@ -56,6 +56,11 @@ pub(super) struct Multi {
 }
 
 impl Multi {
+    /// Whether a queued command may write (EXEC then waits out a CLIENT PAUSE WRITE).
+    pub(super) fn writes(&self) -> bool {
+        !self.readonly
+    }
+
     /// A command was refused while queueing: EXEC will answer EXECABORT.
     pub(super) fn fail(&mut self) {
         self.aborted = true;

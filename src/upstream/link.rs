@@ -48,9 +48,18 @@ pub struct Inbox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     /// Shutdown: answer what is in flight, read nothing more, close.
-    Drain,
+    Drain = 1,
     /// CLIENT KILL: close now.
-    Kill,
+    Kill = 2,
+    /// CLIENT UNPAUSE: a command held by the pause may go.
+    Unpause = 4,
+}
+
+impl Signal {
+    /// Whether `set` (from [`Inbox::take_signals`]) holds this signal.
+    pub fn raised_in(self, set: u8) -> bool {
+        set & self as u8 != 0
+    }
 }
 
 #[derive(Default)]
@@ -58,7 +67,8 @@ struct InboxState {
     q: VecDeque<Reply>,
     waker: Option<Waker>,
     closed: bool,
-    signal: Option<Signal>,
+    /// Raised signals, as bits.
+    signals: u8,
 }
 
 impl Inbox {
@@ -77,13 +87,11 @@ impl Inbox {
         }
     }
 
-    /// Raises a signal (a kill outranks a drain), waking the session if it is parked.
+    /// Raises a signal, waking the session if it is parked.
     pub fn signal(&self, s: Signal) {
         let waker = {
             let mut st = self.st.borrow_mut();
-            if st.signal != Some(Signal::Kill) {
-                st.signal = Some(s);
-            }
+            st.signals |= s as u8;
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -91,15 +99,15 @@ impl Inbox {
         }
     }
 
-    /// The signal raised since the last call, if any.
-    pub fn take_signal(&self) -> Option<Signal> {
-        self.st.borrow_mut().signal.take()
+    /// The signals raised since the last call (see [`Signal::raised_in`]).
+    pub fn take_signals(&self) -> u8 {
+        std::mem::take(&mut self.st.borrow_mut().signals)
     }
 
     /// Ready when a reply or a signal is waiting; otherwise remembers who to wake.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.st.borrow_mut();
-        if !st.q.is_empty() || st.signal.is_some() {
+        if !st.q.is_empty() || st.signals != 0 {
             return Poll::Ready(());
         }
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

@@ -907,3 +907,53 @@ fn runaway_script_is_killed_through_slotmux() {
     set_threshold("5000");
     c.wait_healthy();
 }
+
+/// CLIENT PAUSE WRITE holds slotmux's clients' writes (and EXEC of a writing transaction)
+/// until CLIENT UNPAUSE, in order, while reads go on; the masters pause too (issue 13: it was
+/// refused).
+#[test]
+fn client_pause_holds_writes_until_unpause() {
+    use std::io::Write;
+    let (_g, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    let mut admin = p.raw();
+    let mut writer = p.raw();
+    let mut reader = p.raw();
+    assert_eq!(
+        support::ask(&mut admin, &["SET", "pause:k", "0"]),
+        "+OK\r\n"
+    );
+    assert_eq!(
+        support::ask(&mut admin, &["CLIENT", "PAUSE", "20000", "WRITE"]),
+        "+OK\r\n"
+    );
+    writer
+        .write_all(&support::encode(&["SET", "pause:k", "1"]))
+        .unwrap();
+    writer
+        .write_all(&support::encode(&["GET", "pause:k"]))
+        .unwrap();
+    let blocked = |s: &mut std::net::TcpStream| {
+        support::ask(s, &["INFO", "clients"]).contains("blocked_clients:1")
+    };
+    wait_until("the write to be held", Duration::from_secs(10), || {
+        blocked(&mut reader)
+    });
+    // Reads go on, and see the value from before the held write.
+    assert_eq!(
+        support::ask(&mut reader, &["GET", "pause:k"]),
+        "$1\r\n0\r\n"
+    );
+    // A syntax error is answered at once.
+    assert!(support::ask(&mut reader, &["SET", "pause:k"]).starts_with("-ERR wrong number"));
+    assert_eq!(support::ask(&mut admin, &["CLIENT", "UNPAUSE"]), "+OK\r\n");
+    // The held write goes, then the GET behind it.
+    assert_eq!(support::read_reply_string(&mut writer), "+OK\r\n");
+    assert_eq!(support::read_reply_string(&mut writer), "$1\r\n1\r\n");
+    assert!(!blocked(&mut reader));
+    assert_eq!(
+        support::ask(&mut admin, &["CLIENT", "PAUSE", "x"]),
+        "-ERR timeout is not an integer or out of range\r\n"
+    );
+    c.wait_healthy();
+}
