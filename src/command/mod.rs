@@ -132,6 +132,7 @@ pub enum Local {
     ClientReply,
     ClientPause,
     ClientUnpause,
+    Monitor,
     ClientOk,
     ReadOnlyWrite,
     ClusterKeySlot,
@@ -377,9 +378,10 @@ fn decide(spec: &CommandSpec) -> Handling {
         "discard" => Transaction(Tx::Discard),
         "watch" => Transaction(Tx::Watch),
         "unwatch" => Transaction(Tx::Unwatch),
-        "monitor" | "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover"
-        | "replicaof" | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move"
-        | "migrate" | "module" | "asking" => Refused(ADMIN),
+        "monitor" => Local(self::Local::Monitor),
+        "sync" | "psync" | "replconf" | "shutdown" | "debug" | "failover" | "replicaof"
+        | "slaveof" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move" | "migrate"
+        | "module" | "asking" => Refused(ADMIN),
         "client|pause" => Local(self::Local::ClientPause),
         "client|unpause" => Local(self::Local::ClientUnpause),
         "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo" => {

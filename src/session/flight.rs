@@ -250,6 +250,9 @@ impl Session {
         if reply.tag & CLIENT_ID_TAG != 0 {
             return self.on_client_id(reply);
         }
+        if super::monitor::is_monitor_tag(reply.tag) {
+            return self.on_monitor(reply);
+        }
         let tag = reply.tag;
         let max_redirects = self.shared.config.max_redirects;
         let Some(f) = self.queue.flight_mut(tag) else {
@@ -598,7 +601,7 @@ impl Session {
                     request: Some(request),
                 };
             }
-            Entry::Ready { .. } => {}
+            Entry::Ready { .. } | Entry::Waiting => {}
         }
     }
 }

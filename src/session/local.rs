@@ -54,6 +54,7 @@ impl Session {
                 self.pubsub = None;
                 self.multi = None;
                 self.watch = None;
+                self.monitor = None;
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none();
@@ -88,6 +89,7 @@ impl Session {
             }
             Local::ClientList => self.client_list(args),
             Local::ClientPause => self.client_pause(args),
+            Local::Monitor => self.monitor(),
             Local::ClientUnpause => {
                 self.shared.unpause();
                 let frame = Bytes::from_static(b"*2\r\n$6\r\nCLIENT\r\n$7\r\nUNPAUSE\r\n");

@@ -15,6 +15,7 @@ mod decide;
 mod dispatch;
 mod flight;
 mod local;
+mod monitor;
 mod pubsub;
 mod queue;
 mod tx;
@@ -85,6 +86,8 @@ pub struct Session {
     /// A command held by CLIENT PAUSE (its frame and argument ranges): nothing after it is
     /// read until it goes.
     held: Option<(Bytes, Vec<(usize, usize)>)>,
+    /// MONITOR's streams, once the client asked for it.
+    monitor: Option<monitor::Monitor>,
     /// The command being handled gets no reply (CLIENT REPLY OFF, or SKIP before it).
     silent: bool,
 }
@@ -141,6 +144,7 @@ impl Session {
             pubsub: None,
             reply_mode: ReplyMode::On,
             held: None,
+            monitor: None,
             silent: false,
         };
         let cfg = s.shared.config.clone();
@@ -410,6 +414,7 @@ impl Session {
     fn holds_dedicated(&self) -> bool {
         self.watch.is_some()
             || self.pubsub.is_some()
+            || self.monitor.is_some()
             || self
                 .queue
                 .iter()

@@ -179,7 +179,7 @@ impl Session {
 
     /// Queues a push for the client, unless everything buffered for it (written output and
     /// pushes queued behind a pending command) would pass the pub/sub output limit.
-    fn deliver(&mut self, frame: Bytes) {
+    pub(super) fn deliver(&mut self, frame: Bytes) {
         // CLIENT REPLY OFF silences pushes too, as in Redis.
         if self.reply_mode == super::ReplyMode::Off {
             return;

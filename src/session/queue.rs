@@ -153,6 +153,9 @@ pub(super) enum Entry {
     },
     One(Flight),
     Many(Box<Fanout>),
+    /// A reply slotmux completes itself once something happened (MONITOR's `+OK` once every
+    /// master monitors).
+    Waiting,
 }
 
 impl Entry {

@@ -329,3 +329,43 @@ fn client_list_kill_and_unblock_cover_slotmux_clients() {
         "-ERR No such client\r\n"
     );
 }
+
+/// MONITOR through slotmux shows what every master runs (issue 13: it was refused), without
+/// slotmux's own probes and queries.
+#[test]
+fn monitor_shows_what_every_master_runs() {
+    let c = cluster();
+    let p = Proxy::for_cluster(c);
+    let mut m = p.raw();
+    assert_eq!(crate::support::ask(&mut m, &["MONITOR"]), "+OK\r\n");
+    let keys: Vec<String> = c
+        .masters()
+        .iter()
+        .map(|n| {
+            let slot: u16 = n.2.split(['-', ' ']).next().unwrap().parse().unwrap();
+            crate::support::key_for_slot(slot, "monitor-")
+        })
+        .collect();
+    let mut cmd = p.raw();
+    for k in &keys {
+        assert_eq!(crate::support::ask(&mut cmd, &["SET", k, "v"]), "+OK\r\n");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..500 {
+        if seen.len() == keys.len() {
+            break;
+        }
+        let line = read_reply_string(&mut m);
+        assert!(line.starts_with('+'), "{line}");
+        assert!(
+            !line.contains("\"PING\""),
+            "slotmux's own probe shown: {line}"
+        );
+        for k in &keys {
+            if line.ends_with(&format!("\"SET\" \"{k}\" \"v\"\r\n")) {
+                seen.insert(k.clone());
+            }
+        }
+    }
+    assert_eq!(seen.len(), keys.len(), "a line from every master");
+}
