@@ -180,10 +180,8 @@ impl Session {
     /// Queues a push for the client, unless everything buffered for it (written output and
     /// pushes queued behind a pending command) would pass the pub/sub output limit.
     pub(super) fn deliver(&mut self, frame: Bytes) {
-        // CLIENT REPLY OFF silences pushes too, as in Redis.
-        if self.reply_mode == super::ReplyMode::Off {
-            return;
-        }
+        // Pub/sub messages and confirmations are not silenced by CLIENT REPLY OFF: Redis
+        // 7 sends them regardless (its CLIENT_PUSHING).
         let limit = self.shared.config.pubsub_output_limit;
         if (self.out.len() + self.push_bytes + frame.len()) as u64 > limit {
             // Counted once: more frames of the same batch arrive after `kill` is set.
@@ -448,8 +446,10 @@ impl Session {
         self.pubsub.as_ref().map(|p| p.shard_count()).unwrap_or(0)
     }
 
-    /// Redis's answer to an unsubscribe from something not (or no longer) subscribed.
+    /// Redis's answer to an unsubscribe from something not (or no longer) subscribed (a
+    /// confirmation: sent even under CLIENT REPLY OFF).
     fn local_unsubscribed(&mut self, kind: &[u8], channels: &[Bytes], count: i64) {
+        self.silent = false;
         let proto = self.proto;
         if channels.is_empty() {
             let f = confirmation(proto, kind, None, count);

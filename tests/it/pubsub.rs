@@ -3,6 +3,7 @@
 
 use crate::cluster;
 use crate::support::{ask, read_reply_string, Proxy};
+use std::io::Write;
 use std::time::Duration;
 
 #[test]
@@ -155,4 +156,45 @@ fn keyspace_notifications_come_from_every_master() {
         ask(&mut cmd, &["CONFIG", "SET", "notify-keyspace-events", ""]),
         "+OK\r\n"
     );
+}
+
+/// Redis 7 sends pub/sub confirmations and messages even under CLIENT REPLY OFF (the
+/// same steps as Redis's own "PubSub messages with CLIENT REPLY OFF" test, in RESP3).
+#[test]
+fn pubsub_pushes_are_not_silenced_by_client_reply_off() {
+    let p = Proxy::for_cluster(cluster());
+    let mut sub = p.raw();
+    let mut publ = p.raw();
+    let hello = ask(&mut sub, &["HELLO", "3"]);
+    assert!(hello.starts_with('%'), "{hello}");
+    sub.write_all(&crate::support::encode(&["CLIENT", "REPLY", "OFF"]))
+        .unwrap();
+    assert_eq!(
+        ask(&mut sub, &["SUBSCRIBE", "replyoff"]),
+        ">3\r\n$9\r\nsubscribe\r\n$8\r\nreplyoff\r\n:1\r\n"
+    );
+    assert_eq!(ask(&mut publ, &["PUBLISH", "replyoff", "hi"]), ":1\r\n");
+    assert_eq!(
+        read_reply_string(&mut sub),
+        ">3\r\n$7\r\nmessage\r\n$8\r\nreplyoff\r\n$2\r\nhi\r\n"
+    );
+    assert_eq!(
+        ask(&mut sub, &["UNSUBSCRIBE", "replyoff"]),
+        ">3\r\n$11\r\nunsubscribe\r\n$8\r\nreplyoff\r\n:0\r\n"
+    );
+    // An unsubscribe from nothing is confirmed too; ordinary replies stay silenced.
+    assert_eq!(
+        ask(&mut sub, &["UNSUBSCRIBE", "never"]),
+        ">3\r\n$11\r\nunsubscribe\r\n$5\r\nnever\r\n:0\r\n"
+    );
+    sub.write_all(&crate::support::encode(&["SET", "replyoff:k", "1"]))
+        .unwrap();
+    sub.write_all(&crate::support::encode(&["CLIENT", "REPLY", "ON"]))
+        .unwrap();
+    assert_eq!(
+        read_reply_string(&mut sub),
+        "+OK\r\n",
+        "only REPLY ON's +OK"
+    );
+    assert_eq!(ask(&mut sub, &["GET", "replyoff:k"]), "$1\r\n1\r\n");
 }
