@@ -74,6 +74,50 @@ fn args_of(frame: &[u8]) -> Vec<Bytes> {
     out
 }
 
+/// Hides passwords the way Redis 7 does before it logs a command: AUTH's arguments, HELLO's
+/// AUTH user and password, MIGRATE's AUTH/AUTH2 credentials and the value of CONFIG SET
+/// masterauth/masteruser/requirepass.
+fn redact(args: &mut [Bytes]) {
+    const HIDDEN: Bytes = Bytes::from_static(b"(redacted)");
+    let is = |a: &Bytes, s: &str| a.eq_ignore_ascii_case(s.as_bytes());
+    let Some(name) = args.first().cloned() else {
+        return;
+    };
+    let mut hide = |from: usize, n: usize, args: &mut [Bytes]| {
+        for a in args.iter_mut().skip(from).take(n) {
+            *a = HIDDEN;
+        }
+    };
+    if is(&name, "auth") {
+        let n = args.len();
+        hide(1, n, args);
+    } else if is(&name, "hello") || is(&name, "migrate") {
+        let mut i = 1;
+        while i < args.len() {
+            if is(&args[i], "auth") && !is(&name, "migrate") || is(&args[i], "auth2") {
+                hide(i + 1, 2, args);
+                i += 3;
+            } else if is(&args[i], "auth") {
+                hide(i + 1, 1, args);
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+    } else if is(&name, "config") && args.get(1).is_some_and(|a| is(a, "set")) {
+        let mut i = 2;
+        while i + 1 < args.len() {
+            if ["masterauth", "masteruser", "requirepass"]
+                .iter()
+                .any(|p| is(&args[i], p))
+            {
+                hide(i + 1, 1, args);
+            }
+            i += 2;
+        }
+    }
+}
+
 /// Argument ranges of a complete RESP multibulk (what the request scanner forwards).
 fn arg_ranges(frame: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -135,7 +179,8 @@ impl SlowLog {
     }
 
     pub fn record(&self, took: Duration, frame: &[u8], peer: SocketAddr, name: Option<&Bytes>) {
-        let args = args_of(frame);
+        let mut args = args_of(frame);
+        redact(&mut args);
         let micros = took.as_micros() as u64;
         let command = args
             .first()
@@ -235,6 +280,76 @@ mod tests {
         assert!(text.contains("... (72 more bytes)"));
         log.reset();
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn passwords_are_redacted_like_redis() {
+        let args = |s: &[&str]| -> Vec<Bytes> {
+            s.iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect()
+        };
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["AUTH", "u", "p"], &["AUTH", "(redacted)", "(redacted)"]),
+            (
+                &["hello", "3", "AUTH", "u", "p", "SETNAME", "n"],
+                &[
+                    "hello",
+                    "3",
+                    "AUTH",
+                    "(redacted)",
+                    "(redacted)",
+                    "SETNAME",
+                    "n",
+                ],
+            ),
+            (
+                &["migrate", "h", "1", "", "0", "5", "AUTH", "p", "KEYS", "a"],
+                &[
+                    "migrate",
+                    "h",
+                    "1",
+                    "",
+                    "0",
+                    "5",
+                    "AUTH",
+                    "(redacted)",
+                    "KEYS",
+                    "a",
+                ],
+            ),
+            (
+                &["MIGRATE", "h", "1", "k", "0", "5", "AUTH2", "u", "p"],
+                &[
+                    "MIGRATE",
+                    "h",
+                    "1",
+                    "k",
+                    "0",
+                    "5",
+                    "AUTH2",
+                    "(redacted)",
+                    "(redacted)",
+                ],
+            ),
+            (
+                &["config", "set", "maxmemory", "1", "masterauth", "s"],
+                &[
+                    "config",
+                    "set",
+                    "maxmemory",
+                    "1",
+                    "masterauth",
+                    "(redacted)",
+                ],
+            ),
+            (&["GET", "auth"], &["GET", "auth"]),
+        ];
+        for (input, want) in cases {
+            let mut a = args(input);
+            redact(&mut a);
+            assert_eq!(a, args(want), "{input:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ impl Session {
         self.cur = Some(Meta {
             name: "unknown",
             started: self.now,
+            request: frame.clone(),
+            skip_slowlog: false,
         });
         self.silent = match self.reply_mode {
             super::ReplyMode::On => false,
@@ -75,6 +77,7 @@ impl Session {
         }
         if let Some(m) = &mut self.cur {
             m.name = spec.name;
+            m.skip_slowlog = spec.flags & command::table::F_SKIP_SLOWLOG != 0;
         }
         self.me
             .touch(command::command_id(spec), self.now.into_std());

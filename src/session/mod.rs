@@ -322,9 +322,10 @@ impl Session {
             f(&mut self.out, self.proto);
             if let Some(m) = meta {
                 let outcome = outcome.unwrap_or_else(|| Outcome::of_reply(&self.out[start..]));
-                let took = m.started.elapsed().as_secs_f64();
+                let took = m.started.elapsed();
                 self.stats
-                    .record(&self.shared.metrics, m.name, outcome, took);
+                    .record(&self.shared.metrics, m.name, outcome, took.as_secs_f64());
+                self.maybe_slowlog(&m, took, None);
             }
             if self.silent {
                 self.out.truncate(start);
@@ -379,18 +380,25 @@ impl Session {
                 let took = t.saturating_duration_since(m.started);
                 self.stats
                     .record(&self.shared.metrics, m.name, outcome, took.as_secs_f64());
-                if self.shared.slowlog.threshold().is_some_and(|t| took >= t) {
-                    let request = request.unwrap_or_default();
-                    self.shared
-                        .slowlog
-                        .record(took, &request, self.peer, self.name.as_ref());
-                }
+                self.maybe_slowlog(&m, took, request);
             }
         }
         if let Some(t) = now {
             self.stats
                 .maybe_flush(&self.shared.metrics, t.into_std(), self.queue.len());
         }
+    }
+
+    /// Logs a finished command that took at least `slowlog-log-slower-than`, as Redis does
+    /// (replies slotmux makes itself included: PING is logged too).
+    fn maybe_slowlog(&self, m: &Meta, took: std::time::Duration, request: Option<Bytes>) {
+        if m.skip_slowlog || !self.shared.slowlog.threshold().is_some_and(|t| took >= t) {
+            return;
+        }
+        let request = request.unwrap_or_else(|| m.request.clone());
+        self.shared
+            .slowlog
+            .record(took, &request, self.peer, self.name.as_ref());
     }
 
     /// Tells the client registry what changed (name, protocol, subscriptions, MULTI): cold,

@@ -172,6 +172,10 @@ impl Entry {
 pub(super) struct Meta {
     pub name: &'static str,
     pub started: Instant,
+    /// The client's command (a reference to its bytes), for the slow log.
+    pub request: Bytes,
+    /// Redis keeps the command out of its slow log (EXEC, AUTH, HELLO...).
+    pub skip_slowlog: bool,
 }
 
 pub(super) struct Slot {
