@@ -226,7 +226,7 @@ pub struct KillFilter {
 
 impl KillFilter {
     /// Parses `CLIENT KILL` arguments after the subcommand, with Redis's error texts.
-    pub fn parse(args: &[&[u8]]) -> Result<KillFilter, &'static str> {
+    pub fn parse(args: &[&[u8]]) -> Result<KillFilter, std::borrow::Cow<'static, str>> {
         if let [addr] = args {
             return Ok(KillFilter {
                 addr: Some(String::from_utf8_lossy(addr).into_owned()),
@@ -236,7 +236,7 @@ impl KillFilter {
             });
         }
         if args.is_empty() || args.len() % 2 != 0 {
-            return Err("ERR syntax error");
+            return Err(std::borrow::Cow::Borrowed("ERR syntax error"));
         }
         let mut f = KillFilter {
             skipme: true,
@@ -262,18 +262,20 @@ impl KillFilter {
                         t.as_str(),
                         "normal" | "pubsub" | "master" | "replica" | "slave"
                     ) {
-                        return Err("ERR Unknown client type");
+                        return Err(std::borrow::Cow::Borrowed("ERR Unknown client type"));
                     }
                     f.kind = Some(t);
                 }
-                "user" => f.user = Some(val),
+                // slotmux has one user, `default` (its --password).
+                "user" if val == "default" => f.user = Some(val),
+                "user" => return Err(format!("ERR No such user '{val}'").into()),
                 "skipme" => match val.to_ascii_lowercase().as_str() {
                     "yes" => f.skipme = true,
                     "no" => f.skipme = false,
-                    _ => return Err("ERR syntax error"),
+                    _ => return Err("ERR syntax error".into()),
                 },
                 "maxage" => {}
-                _ => return Err("ERR syntax error"),
+                _ => return Err("ERR syntax error".into()),
             }
         }
         Ok(f)
@@ -320,13 +322,19 @@ mod tests {
         );
         let f = p(&["ID", "7", "SKIPME", "no"]).unwrap();
         assert_eq!((f.id, f.skipme, f.old_form), (Some(7), false, false));
+        let err = |a: &[&str]| p(a).unwrap_err().into_owned();
+        assert_eq!(err(&["ID", "0"]), "ERR client-id should be greater than 0");
+        assert_eq!(err(&["TYPE", "wrong"]), "ERR Unknown client type");
+        assert_eq!(err(&["ID", "1", "SKIPME"]), "ERR syntax error");
+        assert_eq!(err(&["NOPE", "x"]), "ERR syntax error");
         assert_eq!(
-            p(&["ID", "0"]),
-            Err("ERR client-id should be greater than 0")
+            err(&["USER", "wrong_user"]),
+            "ERR No such user 'wrong_user'"
         );
-        assert_eq!(p(&["TYPE", "wrong"]), Err("ERR Unknown client type"));
-        assert_eq!(p(&["ID", "1", "SKIPME"]), Err("ERR syntax error"));
-        assert_eq!(p(&["NOPE", "x"]), Err("ERR syntax error"));
+        assert_eq!(
+            p(&["USER", "default"]).unwrap().user.as_deref(),
+            Some("default")
+        );
     }
 
     #[test]

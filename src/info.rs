@@ -127,7 +127,7 @@ pub fn render(
         let body = match name {
             "server" => server(shared, topo),
             "clients" => clients(shared),
-            "replication" => "role:master\r\nconnected_slaves:0\r\n".to_string(),
+            "replication" => replication(shared),
             "cpu" => cpu(),
             "modules" => String::new(),
             "cluster" => cluster(shared, topo),
@@ -203,6 +203,19 @@ fn clients(shared: &Shared) -> String {
 }
 
 /// slotmux's own CPU time, from /proc/self/stat (clock ticks of 10 ms).
+/// slotmux presents itself as one master without replicas (the cluster's own replicas are
+/// each master's business); the fields are those of such a Redis, so scripts reading them
+/// find them.
+fn replication(shared: &Shared) -> String {
+    format!(
+        "role:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n\
+         master_replid:{}\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n\
+         master_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n\
+         repl_backlog_size:0\r\nrepl_backlog_first_byte_offset:0\r\nrepl_backlog_histlen:0\r\n",
+        shared.run_id
+    )
+}
+
 fn cpu() -> String {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.

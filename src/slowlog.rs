@@ -83,7 +83,7 @@ fn redact(args: &mut [Bytes]) {
     let Some(name) = args.first().cloned() else {
         return;
     };
-    let mut hide = |from: usize, n: usize, args: &mut [Bytes]| {
+    let hide = |from: usize, n: usize, args: &mut [Bytes]| {
         for a in args.iter_mut().skip(from).take(n) {
             *a = HIDDEN;
         }

@@ -280,7 +280,7 @@ impl Session {
         let rest: Vec<&[u8]> = (2..args.len()).filter_map(|i| args.get(i)).collect();
         let filter = match crate::clients::KillFilter::parse(&rest) {
             Ok(f) => f,
-            Err(e) => return self.reply_local(|o, _| write::error(o, e)),
+            Err(e) => return self.reply_local(|o, _| write::error(o, &e)),
         };
         let mut killed = 0i64;
         for c in self.shared.client_list.all() {

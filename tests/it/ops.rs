@@ -202,6 +202,14 @@ fn info_sections_and_cluster_wide_keyspace() {
     assert!(calls >= 30, "cmdstat_get:calls={calls}");
     let server: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
     assert!(server.starts_with("# Server") && !server.contains("# Clients"));
+    // One master without replicas, with the fields scripts read from such a Redis.
+    let repl: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut con)
+        .unwrap();
+    for field in ["role:master", "connected_slaves:0", "master_repl_offset:0"] {
+        assert!(repl.contains(field), "{field} in {repl}");
+    }
     let direct_sum = || c.dbsize();
     let before = direct_sum();
     let ks: String = redis::cmd("INFO").arg("keyspace").query(&mut con).unwrap();
