@@ -37,6 +37,11 @@ pub enum Merge {
     /// SCRIPT KILL / FUNCTION KILL: `+OK` if one master killed something, `-NOTBUSY` if
     /// none was busy, else the first other error (`-UNKILLABLE`...).
     Kill,
+    /// A transaction whose cluster-wide commands (FLUSHALL, CONFIG SET...) ran on its own
+    /// master inside MULTI and then on the other nodes: part 0 is the EXEC reply, part `i`
+    /// answers for element `order[i - 1].0` of it. An element becomes the first error another
+    /// node gave for it.
+    TxEcho,
 }
 
 /// Byte ranges of the elements of a top-level array reply (`*n` or RESP3 `~n`/`>n`).
@@ -140,6 +145,30 @@ fn all_elements(parts: &[Bytes]) -> Option<Vec<Vec<(usize, usize)>>> {
     parts.iter().map(|p| elements(p)).collect()
 }
 
+/// See [`Merge::TxEcho`].
+fn tx_echo(parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
+    let Some(exec) = parts.first() else {
+        return protocol_error("EXEC");
+    };
+    let Some(els) = elements(exec) else {
+        return exec.clone();
+    };
+    let header_end = els.first().map_or(exec.len(), |e| e.0);
+    let mut out = BytesMut::with_capacity(exec.len());
+    out.extend_from_slice(&exec[..header_end]);
+    for (i, &(a, b)) in els.iter().enumerate() {
+        let failed = order
+            .iter()
+            .zip(&parts[1..])
+            .find(|((idx, _), p)| *idx as usize == i && p.first() == Some(&b'-'));
+        match failed {
+            Some((_, err)) => out.extend_from_slice(err),
+            None => out.extend_from_slice(&exec[a..b]),
+        }
+    }
+    out.freeze()
+}
+
 /// Combines `parts` (one reply per sub-request, in plan order). `order` is MGET's mapping
 /// from the client's key index to (part, element).
 pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
@@ -153,6 +182,9 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
             .or(parts.first())
             .cloned()
             .unwrap_or_default();
+    }
+    if kind == Merge::TxEcho {
+        return tx_echo(parts, order);
     }
     if let Some(err) = parts.iter().find(|p| p.first() == Some(&b'-')) {
         return err.clone();
@@ -203,7 +235,7 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
                 }
             }
         }
-        Merge::First | Merge::Info | Merge::Kill => {
+        Merge::First | Merge::Info | Merge::Kill | Merge::TxEcho => {
             return parts.first().cloned().unwrap_or_default()
         }
         Merge::RandomKey => return random_key(parts, pseudo_random()),
@@ -228,6 +260,25 @@ pub fn merge(kind: Merge, parts: &[Bytes], order: &[(u32, u32)]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tx_echo_reports_other_nodes_errors_in_place() {
+        let exec = Bytes::from_static(b"*3\r\n+OK\r\n:1\r\n+OK\r\n");
+        let parts = [
+            exec.clone(),
+            Bytes::from_static(b"+OK\r\n"),
+            Bytes::from_static(b"+OK\r\n"),
+            Bytes::from_static(b"-ERR other node\r\n"),
+        ];
+        let order = [(0, 0), (2, 0), (2, 0)];
+        assert_eq!(
+            &merge(Merge::TxEcho, &parts, &order)[..],
+            b"*3\r\n+OK\r\n:1\r\n-ERR other node\r\n"
+        );
+        assert_eq!(merge(Merge::TxEcho, &parts[..3], &order[..2]), exec);
+        let null = Bytes::from_static(b"*-1\r\n");
+        assert_eq!(merge(Merge::TxEcho, &[null.clone()], &[]), null);
+    }
 
     #[test]
     fn randomkey_follows_key_counts() {

@@ -90,10 +90,12 @@ impl Session {
         if self.pubsub.is_some() && self.refuse_in_subscribed_state(name) {
             return;
         }
+        // Inside MULTI these take effect when EXEC has run them (see `tx::Echo`).
+        let now_effective = self.multi.is_none();
         match spec.name {
-            "script|flush" => self.shared.scripts.clear(),
+            "script|flush" if now_effective => self.shared.scripts.clear(),
             "config|set" => {
-                if let Err(e) = self.config_set(args) {
+                if let Err(e) = self.config_set(args, now_effective) {
                     return self.reject(e);
                 }
             }
@@ -171,7 +173,7 @@ impl Session {
     /// CONFIG SET goes to every node: refused for the settings that are each node's own (an
     /// address, a file, the credentials slotmux uses), and applied to slotmux's own slow log
     /// for its two settings (SLOWLOG is answered by slotmux).
-    fn config_set(&self, args: Args<'_>) -> Result<(), ProxyError> {
+    fn config_set(&self, args: Args<'_>, apply: bool) -> Result<(), ProxyError> {
         const OWN: [&str; 24] = [
             "port",
             "tls-port",
@@ -209,7 +211,9 @@ impl Session {
                     why: "changes a setting that is each node's own (its address, its files or the credentials slotmux uses); set it on the nodes themselves",
                 });
             }
-            self.shared.slowlog.configure(param, value);
+            if apply {
+                self.shared.slowlog.configure(param, value);
+            }
             i += 2;
         }
         Ok(())

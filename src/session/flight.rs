@@ -379,9 +379,14 @@ impl Session {
         match decide_exec(&facts, &keyed, &frames, &node) {
             TxAction::Reply(frame) => {
                 let outcome = Outcome::of_reply(frame);
-                self.finish(tag, whole.slice_ref(frame), outcome)
+                if let Some(frame) = self.echo_after_exec(tag, whole.slice_ref(frame)) {
+                    self.finish(tag, frame, outcome)
+                }
             }
-            TxAction::Aborted => self.finish_aborted_exec(tag),
+            TxAction::Aborted => {
+                self.forget_echoes(tag);
+                self.finish_aborted_exec(tag)
+            }
             TxAction::Follow { slot, addr, ask } => self.follow(tag, slot, addr, ask, &node),
             TxAction::Retry { why, refresh } => {
                 if let Some(r) = refresh {
@@ -409,6 +414,7 @@ impl Session {
                         .cluster
                         .request_refresh(RefreshReason::NodeFailure);
                 }
+                self.forget_echoes(tag);
                 self.finish(tag, e.frame(), e.outcome());
             }
         }

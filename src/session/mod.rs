@@ -80,6 +80,9 @@ pub struct Session {
     last_write: Option<Arc<Node>>,
     watch: Option<tx::Watch>,
     multi: Option<tx::Multi>,
+    /// Transactions sent with cluster-wide commands to repeat on the other nodes once EXEC
+    /// succeeds: (tag, commands). Empty but for such a transaction.
+    tx_echoes: Vec<(u64, Vec<tx::Echo>)>,
     pubsub: Option<pubsub::PubSub>,
     /// CLIENT REPLY: whether replies are written.
     reply_mode: ReplyMode,
@@ -129,6 +132,7 @@ impl Session {
             topo,
             inbox: inbox.clone(),
             queue: Queue::default(),
+            tx_echoes: Vec::new(),
             cur: None,
             now: Instant::now(),
             stats: SessionStats::default(),

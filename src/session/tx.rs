@@ -10,12 +10,16 @@
 
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+use tokio::time::Instant;
 
-use super::queue::{tag, Entry, Flight, Via};
+use super::queue::{tag, Entry, Fanout, Flight, FlightState, Via};
 use super::Session;
 use crate::cluster::Topology;
 use crate::command::{self, Args, Handling, Local, Tx};
 use crate::error::ProxyError;
+use crate::merge::Merge;
+use crate::metrics::Outcome;
+use crate::resp::request::{Limits, RequestScanner};
 use crate::resp::write;
 use crate::router::{Route, Target};
 use crate::upstream::{LinkKind, Node, OwnedLink};
@@ -53,6 +57,21 @@ pub(super) struct Multi {
     readonly: bool,
     /// Which queued commands have keys.
     keyed: Vec<bool>,
+    /// Cluster-wide commands queued (FLUSHALL, CONFIG SET...), for the other nodes.
+    echoes: Vec<Echo>,
+}
+
+/// A cluster-wide write inside MULTI (FLUSHALL, FLUSHDB, CONFIG SET, SCRIPT LOAD...). It runs
+/// in the transaction on the transaction's master, atomically with the rest; once EXEC has
+/// succeeded, and that command did not fail there, it is sent to every other master (every
+/// node for CONFIG SET/RESETSTAT), and EXEC's reply waits for them: an error from another
+/// node replaces that command's element.
+pub(super) struct Echo {
+    /// The command's position in the transaction.
+    index: u32,
+    frame: Bytes,
+    all_nodes: bool,
+    name: &'static str,
 }
 
 impl Multi {
@@ -76,6 +95,7 @@ impl Multi {
             aborted: false,
             readonly: true,
             keyed: Vec::new(),
+            echoes: Vec::new(),
         }
     }
 }
@@ -84,6 +104,8 @@ impl Multi {
 enum Queueable {
     /// Goes into the batch; `Some(slot)` when it has keys.
     Yes(Option<u16>),
+    /// Goes into the batch, and to the other masters (or nodes) after EXEC.
+    Echo { all_nodes: bool },
     /// Refused while queueing: the client gets the error, EXEC gets EXECABORT.
     No(ProxyError),
 }
@@ -229,8 +251,112 @@ impl Session {
             f.own = Some(w.link);
         }
         let n = self.push(Entry::One(f));
+        if !m.echoes.is_empty() {
+            self.tx_echoes
+                .push((tag(n, 0), std::mem::take(&mut m.echoes)));
+        }
         let now = self.now;
         self.send(tag(n, 0), now);
+    }
+
+    /// The transaction `tag` is over without running (aborted, failed): nothing to repeat.
+    pub(super) fn forget_echoes(&mut self, tag: u64) {
+        if !self.tx_echoes.is_empty() {
+            self.tx_echoes.retain(|e| e.0 != tag);
+        }
+    }
+
+    /// EXEC succeeded with `exec` as its reply. Its cluster-wide commands that did not fail
+    /// on the transaction's master (`ran_on`) go to the other nodes now; the client gets
+    /// EXEC's reply when they have answered (see [`Echo`]). Returns `exec` back when there is
+    /// nothing to wait for.
+    pub(super) fn echo_after_exec(&mut self, tag: u64, exec: Bytes) -> Option<Bytes> {
+        let Some(i) = self.tx_echoes.iter().position(|e| e.0 == tag) else {
+            return Some(exec);
+        };
+        let (_, echoes) = self.tx_echoes.swap_remove(i);
+        let ran_on = self
+            .queue
+            .flight_mut(tag)
+            .and_then(|f| f.link.as_ref().map(|l| l.node.clone()));
+        // A null reply (WATCH) or an error: nothing ran.
+        let Some(els) = crate::merge::elements(&exec).filter(|e| !e.is_empty()) else {
+            return Some(exec);
+        };
+        let topo = self.topo.load().clone();
+        let mut parts = Vec::new();
+        let mut order = Vec::new();
+        for e in &echoes {
+            if els
+                .get(e.index as usize)
+                .is_none_or(|&(a, _)| exec.get(a) == Some(&b'-'))
+            {
+                continue;
+            }
+            self.took_effect(e);
+            let replicas = topo.replicas.iter().flatten().filter(|_| e.all_nodes);
+            for node in topo.masters.iter().chain(replicas) {
+                if ran_on.as_ref().is_some_and(|r| Arc::ptr_eq(r, node)) {
+                    continue;
+                }
+                parts.push(Flight::new(
+                    e.frame.clone(),
+                    Target::Node(node.clone()),
+                    false,
+                ));
+                order.push((e.index, 0));
+            }
+        }
+        if parts.is_empty() {
+            return Some(exec);
+        }
+        let request = match self.queue.flight_mut(tag) {
+            Some(f) => std::mem::take(&mut f.frame),
+            None => return Some(exec),
+        };
+        let mut done = Flight::new(Bytes::new(), Target::AnyMaster, true);
+        done.state = FlightState::Done;
+        done.reply = Some((exec, Outcome::Ok));
+        parts.insert(0, done);
+        let count = parts.len();
+        let Some(entry) = self.queue.entry_mut(tag) else {
+            return None;
+        };
+        *entry = Entry::Many(Box::new(Fanout {
+            merge: Merge::TxEcho,
+            info: None,
+            order,
+            parts,
+            left: count - 1,
+            request,
+        }));
+        let now = Instant::now();
+        for part in 2..=count {
+            self.send(tag + part as u64, now);
+        }
+        None
+    }
+
+    /// What slotmux itself keeps in step with a cluster-wide command that ran: its copies of
+    /// scripts, its slow log's settings.
+    fn took_effect(&self, e: &Echo) {
+        match e.name {
+            "script|flush" => self.shared.scripts.clear(),
+            "config|set" => {
+                let mut buf = BytesMut::from(&e.frame[..]);
+                let mut sc = RequestScanner::new(Limits::default());
+                if let Ok(Some(frame)) = sc.next(&mut buf) {
+                    let args = sc.args();
+                    for pair in args.get(2..).unwrap_or_default().chunks_exact(2) {
+                        let (p, v) = (pair[0], pair[1]);
+                        self.shared
+                            .slowlog
+                            .configure(&frame[p.0..p.1], &frame[v.0..v.1]);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// A command between MULTI and EXEC: checked as Redis checks it while queueing, then kept
@@ -251,6 +377,15 @@ impl Session {
                 return self.reply_error(e);
             }
             Queueable::Yes(slot) => slot,
+            Queueable::Echo { all_nodes } => {
+                m.echoes.push(Echo {
+                    index: m.count,
+                    frame: frame.clone(),
+                    all_nodes,
+                    name: spec.name,
+                });
+                None
+            }
         };
         if let Some(s) = slot {
             let joins = match (m.slot, &mut self.watch) {
@@ -312,9 +447,15 @@ impl Session {
             Route::Split(_) if matches!(command::policy(spec), Handling::Split(_)) => {
                 Queueable::No(ProxyError::CrossSlot)
             }
-            Route::Split(_) => refuse(
-                "inside a transaction would run on one master only; slotmux runs it outside MULTI only",
-            ),
+            Route::Split(_) => match command::policy(spec) {
+                Handling::AllMasters(Merge::AllOk | Merge::First) => {
+                    Queueable::Echo { all_nodes: false }
+                }
+                Handling::AllNodes(Merge::AllOk) => Queueable::Echo { all_nodes: true },
+                _ => refuse(
+                    "inside a transaction would read one master only; slotmux runs it outside MULTI only",
+                ),
+            },
             Route::Local(_) | Route::Info | Route::Scan { .. } | Route::Subscribe(_) => {
                 refuse("cannot be part of a transaction through slotmux")
             }
