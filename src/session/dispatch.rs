@@ -116,7 +116,8 @@ impl Session {
         }
         // Inside MULTI everything is queued, but QUIT and RESET, which Redis runs at once.
         if self.multi.is_some() && !matches!(route, Route::Local(Local::Quit | Local::Reset)) {
-            return self.queue_in_multi(route, frame.clone(), spec);
+            let writes = self.may_write(spec, args);
+            return self.queue_in_multi(route, frame.clone(), spec, writes);
         }
         if let Route::Subscribe(k) = route {
             return self.subscribe(k, frame.clone(), args);
@@ -222,6 +223,20 @@ impl Session {
     /// Under a CLIENT PAUSE: until when this command must wait (it may write, or the pause
     /// is ALL). Commands with a syntax error are answered at once, and inside MULTI only EXEC
     /// waits, as in Redis.
+    /// Whether a command may write or be replicated, as a CLIENT PAUSE WRITE sees it (Redis's
+    /// `write` and `may_replicate` flags; a script that declares no writes does not).
+    pub(super) fn may_write(&self, spec: &command::CommandSpec, args: Args<'_>) -> bool {
+        match spec.name {
+            "eval" => !no_writes_script(args.get(1).unwrap_or_default()),
+            "evalsha" => !args
+                .get(1)
+                .and_then(|sha| self.shared.scripts.get(sha))
+                .is_some_and(|body| no_writes_script(&body)),
+            "fcall" | "publish" | "spublish" | "pfcount" => true,
+            _ => spec.flags & command::table::F_WRITE != 0,
+        }
+    }
+
     pub(super) fn paused_until(&self, args: Args<'_>) -> Option<Instant> {
         let pause = &self.shared.pause;
         if !pause.any() {
@@ -239,14 +254,7 @@ impl Session {
         }
         let may_write = match spec.name {
             "exec" => self.multi.as_ref().is_some_and(|m| m.writes()),
-            // A script that declares no writes may run (its shebang says so).
-            "eval" => !no_writes_script(args.get(1).unwrap_or_default()),
-            "evalsha" => !args
-                .get(1)
-                .and_then(|sha| self.shared.scripts.get(sha))
-                .is_some_and(|body| no_writes_script(&body)),
-            "fcall" | "publish" | "spublish" | "pfcount" => true,
-            _ => spec.flags & command::table::F_WRITE != 0,
+            _ => self.may_write(spec, args),
         };
         let now = std::time::Instant::now();
         pause

@@ -379,12 +379,12 @@ impl Session {
         match decide_exec(&facts, &keyed, &frames, &node) {
             TxAction::Reply(frame) => {
                 let outcome = Outcome::of_reply(frame);
-                if let Some(frame) = self.echo_after_exec(tag, whole.slice_ref(frame)) {
+                if let Some(frame) = self.after_exec(tag, whole.slice_ref(frame)) {
                     self.finish(tag, frame, outcome)
                 }
             }
             TxAction::Aborted => {
-                self.forget_echoes(tag);
+                self.forget_after_exec(tag);
                 self.finish_aborted_exec(tag)
             }
             TxAction::Follow { slot, addr, ask } => self.follow(tag, slot, addr, ask, &node),
@@ -414,7 +414,7 @@ impl Session {
                         .cluster
                         .request_refresh(RefreshReason::NodeFailure);
                 }
-                self.forget_echoes(tag);
+                self.forget_after_exec(tag);
                 self.finish(tag, e.frame(), e.outcome());
             }
         }

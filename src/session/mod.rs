@@ -80,9 +80,12 @@ pub struct Session {
     last_write: Option<Arc<Node>>,
     watch: Option<tx::Watch>,
     multi: Option<tx::Multi>,
-    /// Transactions sent with cluster-wide commands to repeat on the other nodes once EXEC
-    /// succeeds: (tag, commands). Empty but for such a transaction.
-    tx_echoes: Vec<(u64, Vec<tx::Echo>)>,
+    /// Transactions sent with work left for when EXEC has run (commands slotmux answers,
+    /// cluster-wide commands for the other nodes): (tag, work). Usually empty.
+    tx_after: Vec<(u64, tx::AfterExec)>,
+    /// Replies slotmux makes go here instead of to the client (a command it answers inside a
+    /// transaction, run when EXEC's reply arrives).
+    capture: Option<BytesMut>,
     pubsub: Option<pubsub::PubSub>,
     /// CLIENT REPLY: whether replies are written.
     reply_mode: ReplyMode,
@@ -132,7 +135,8 @@ impl Session {
             topo,
             inbox: inbox.clone(),
             queue: Queue::default(),
-            tx_echoes: Vec::new(),
+            tx_after: Vec::new(),
+            capture: None,
             cur: None,
             now: Instant::now(),
             stats: SessionStats::default(),
@@ -320,6 +324,9 @@ impl Session {
     }
 
     fn reply_with(&mut self, outcome: Option<Outcome>, f: impl FnOnce(&mut BytesMut, Proto)) {
+        if let Some(c) = self.capture.as_mut() {
+            return f(c, self.proto);
+        }
         let meta = self.cur.take();
         if self.queue.is_empty() {
             let start = self.out.len();

@@ -53,12 +53,33 @@ pub(super) struct Multi {
     slot: Option<u16>,
     /// A command was refused while queueing: EXEC answers EXECABORT.
     aborted: bool,
-    /// Every queued command only reads.
+    /// Every queued command only reads (EXEC may be resent after a lost connection).
     readonly: bool,
+    /// A queued command may write or be replicated (EXEC waits out a CLIENT PAUSE WRITE).
+    writes: bool,
     /// Which queued commands have keys.
     keyed: Vec<bool>,
     /// Cluster-wide commands queued (FLUSHALL, CONFIG SET...), for the other nodes.
     echoes: Vec<Echo>,
+    /// Commands slotmux answers itself, queued (SLOWLOG, CLIENT SETNAME...).
+    locals: Vec<TxLocal>,
+}
+
+/// What is left to do once a transaction's EXEC has run on its master.
+#[derive(Default)]
+pub(super) struct AfterExec {
+    echoes: Vec<Echo>,
+    locals: Vec<TxLocal>,
+}
+
+/// A command slotmux answers itself, inside MULTI (SLOWLOG RESET, CLIENT SETNAME, CLUSTER
+/// SLOTS...). It is not sent; slotmux runs it when EXEC's reply arrives (the moment the
+/// transaction ran) and puts its reply in its place among the node's.
+pub(super) struct TxLocal {
+    /// Its position in the transaction, as the client counts.
+    index: u32,
+    cmd: Local,
+    frame: Bytes,
 }
 
 /// A cluster-wide write inside MULTI (FLUSHALL, FLUSHDB, CONFIG SET, SCRIPT LOAD...). It runs
@@ -67,7 +88,7 @@ pub(super) struct Multi {
 /// node for CONFIG SET/RESETSTAT), and EXEC's reply waits for them: an error from another
 /// node replaces that command's element.
 pub(super) struct Echo {
-    /// The command's position in the transaction.
+    /// Its position in the transaction, as the client counts.
     index: u32,
     frame: Bytes,
     all_nodes: bool,
@@ -77,7 +98,7 @@ pub(super) struct Echo {
 impl Multi {
     /// Whether a queued command may write (EXEC then waits out a CLIENT PAUSE WRITE).
     pub(super) fn writes(&self) -> bool {
-        !self.readonly
+        self.writes
     }
 
     /// A command was refused while queueing: EXEC will answer EXECABORT.
@@ -94,9 +115,16 @@ impl Multi {
             slot: None,
             aborted: false,
             readonly: true,
+            writes: false,
             keyed: Vec::new(),
             echoes: Vec::new(),
+            locals: Vec::new(),
         }
+    }
+
+    /// Commands queued, as the client counts them (CLIENT LIST's `multi`).
+    fn queued(&self) -> u32 {
+        self.count + self.locals.len() as u32
     }
 }
 
@@ -106,6 +134,8 @@ enum Queueable {
     Yes(Option<u16>),
     /// Goes into the batch, and to the other masters (or nodes) after EXEC.
     Echo { all_nodes: bool },
+    /// Answered by slotmux when EXEC has run.
+    Local(Local),
     /// Refused while queueing: the client gets the error, EXEC gets EXECABORT.
     No(ProxyError),
 }
@@ -113,7 +143,7 @@ enum Queueable {
 impl Session {
     /// Commands queued in MULTI, or -1 outside it (CLIENT LIST's `multi`).
     pub(super) fn multi_count(&self) -> i64 {
-        self.multi.as_ref().map_or(-1, |m| i64::from(m.count))
+        self.multi.as_ref().map_or(-1, |m| i64::from(m.queued()))
     }
 
     pub(super) fn transaction(
@@ -144,7 +174,7 @@ impl Session {
             }
             Tx::Unwatch if self.multi.is_some() => {
                 // Queued, as Redis does (a no-op by the time EXEC runs it).
-                self.queue_in_multi(Route::Forward(Target::AnyMaster), frame, spec)
+                self.queue_in_multi(Route::Forward(Target::AnyMaster), frame, spec, false)
             }
             Tx::Unwatch => {
                 // Closing the connection that holds the WATCHes forgets them.
@@ -251,36 +281,45 @@ impl Session {
             f.own = Some(w.link);
         }
         let n = self.push(Entry::One(f));
-        if !m.echoes.is_empty() {
-            self.tx_echoes
-                .push((tag(n, 0), std::mem::take(&mut m.echoes)));
+        if !m.echoes.is_empty() || !m.locals.is_empty() {
+            let after = AfterExec {
+                echoes: std::mem::take(&mut m.echoes),
+                locals: std::mem::take(&mut m.locals),
+            };
+            self.tx_after.push((tag(n, 0), after));
         }
         let now = self.now;
         self.send(tag(n, 0), now);
     }
 
     /// The transaction `tag` is over without running (aborted, failed): nothing to repeat.
-    pub(super) fn forget_echoes(&mut self, tag: u64) {
-        if !self.tx_echoes.is_empty() {
-            self.tx_echoes.retain(|e| e.0 != tag);
+    pub(super) fn forget_after_exec(&mut self, tag: u64) {
+        if !self.tx_after.is_empty() {
+            self.tx_after.retain(|e| e.0 != tag);
         }
     }
 
-    /// EXEC succeeded with `exec` as its reply. Its cluster-wide commands that did not fail
-    /// on the transaction's master (`ran_on`) go to the other nodes now; the client gets
-    /// EXEC's reply when they have answered (see [`Echo`]). Returns `exec` back when there is
-    /// nothing to wait for.
-    pub(super) fn echo_after_exec(&mut self, tag: u64, exec: Bytes) -> Option<Bytes> {
-        let Some(i) = self.tx_echoes.iter().position(|e| e.0 == tag) else {
+    /// EXEC was answered with `exec` by the transaction's master. When it ran (an array, not
+    /// the null of a WATCH or an error), the commands slotmux answers itself run now and
+    /// their replies join the node's (see [`TxLocal`]), and the cluster-wide commands that
+    /// did not fail there go to the other nodes; the client gets EXEC's reply when they have
+    /// answered (see [`Echo`]). Returns the reply when there is nothing to wait for.
+    pub(super) fn after_exec(&mut self, tag: u64, exec: Bytes) -> Option<Bytes> {
+        let Some(i) = self.tx_after.iter().position(|e| e.0 == tag) else {
             return Some(exec);
         };
-        let (_, echoes) = self.tx_echoes.swap_remove(i);
+        let (_, after) = self.tx_after.swap_remove(i);
+        let ran = matches!(exec.first(), Some(b'*')) && !exec.starts_with(b"*-1");
+        if !ran {
+            return Some(exec);
+        }
+        let exec = self.splice_locals(exec, &after.locals);
+        let echoes = after.echoes;
         let ran_on = self
             .queue
             .flight_mut(tag)
             .and_then(|f| f.link.as_ref().map(|l| l.node.clone()));
-        // A null reply (WATCH) or an error: nothing ran.
-        let Some(els) = crate::merge::elements(&exec).filter(|e| !e.is_empty()) else {
+        let Some(els) = crate::merge::elements(&exec) else {
             return Some(exec);
         };
         let topo = self.topo.load().clone();
@@ -337,6 +376,45 @@ impl Session {
         None
     }
 
+    /// EXEC's array with the replies of the commands slotmux answers itself in their places.
+    fn splice_locals(&mut self, exec: Bytes, locals: &[TxLocal]) -> Bytes {
+        if locals.is_empty() {
+            return exec;
+        }
+        let Some(els) = crate::merge::elements(&exec) else {
+            return exec;
+        };
+        let mut out = BytesMut::with_capacity(exec.len() + 64 * locals.len());
+        write::array_header(&mut out, els.len() + locals.len());
+        let mut node = els.iter();
+        let mut local = locals.iter().peekable();
+        for i in 0..(els.len() + locals.len()) as u32 {
+            match local.next_if(|l| l.index == i) {
+                Some(l) => {
+                    let mut sc = RequestScanner::new(Limits::default());
+                    let mut buf = BytesMut::from(&l.frame[..]);
+                    if let Ok(Some(frame)) = sc.next(&mut buf) {
+                        let args = Args {
+                            frame: &frame,
+                            ranges: sc.args(),
+                        };
+                        self.capture = Some(BytesMut::new());
+                        self.local(l.cmd, args);
+                    }
+                    match self.capture.take() {
+                        Some(reply) if !reply.is_empty() => out.extend_from_slice(&reply),
+                        _ => write::error(&mut out, "ERR slotmux: no reply inside the transaction"),
+                    }
+                }
+                None => match node.next() {
+                    Some(&(a, b)) => out.extend_from_slice(&exec[a..b]),
+                    None => write::error(&mut out, "ERR slotmux: short EXEC reply"),
+                },
+            }
+        }
+        out.freeze()
+    }
+
     /// What slotmux itself keeps in step with a cluster-wide command that ran: its copies of
     /// scripts, its slow log's settings.
     fn took_effect(&self, e: &Echo) {
@@ -366,6 +444,7 @@ impl Session {
         route: Route,
         frame: Bytes,
         spec: &'static command::CommandSpec,
+        writes: bool,
     ) {
         let verdict = self.queueable(&route, spec);
         let limit = self.shared.config.client_query_buffer_limit;
@@ -377,9 +456,18 @@ impl Session {
                 return self.reply_error(e);
             }
             Queueable::Yes(slot) => slot,
+            Queueable::Local(cmd) => {
+                m.locals.push(TxLocal {
+                    index: m.queued(),
+                    cmd,
+                    frame,
+                });
+                self.publish_view();
+                return self.reply_local(|o, _| write::simple(o, "QUEUED"));
+            }
             Queueable::Echo { all_nodes } => {
                 m.echoes.push(Echo {
-                    index: m.count,
+                    index: m.queued(),
                     frame: frame.clone(),
                     all_nodes,
                     name: spec.name,
@@ -417,6 +505,9 @@ impl Session {
         m.count += 1;
         m.keyed.push(slot.is_some());
         m.readonly &= command::is_readonly(spec);
+        m.writes |= writes;
+        // CLIENT LIST's `multi` counts the queued commands.
+        self.publish_view();
         self.reply_local(|o, _| write::simple(o, "QUEUED"));
     }
 
@@ -456,6 +547,23 @@ impl Session {
                     "inside a transaction would read one master only; slotmux runs it outside MULTI only",
                 ),
             },
+            // Answered from slotmux's own state, with no effect beyond this client or slotmux.
+            Route::Local(
+                l @ (Local::ClientSetName
+                | Local::ClientGetName
+                | Local::ClientId
+                | Local::ClientInfo
+                | Local::ClientList
+                | Local::ClientOk
+                | Local::ClusterSlots
+                | Local::ClusterShards
+                | Local::ClusterNodes
+                | Local::ClusterMyId
+                | Local::ClusterInfo
+                | Local::SlowlogGet
+                | Local::SlowlogLen
+                | Local::SlowlogReset),
+            ) => Queueable::Local(*l),
             Route::Local(_) | Route::Info | Route::Scan { .. } | Route::Subscribe(_) => {
                 refuse("cannot be part of a transaction through slotmux")
             }

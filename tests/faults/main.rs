@@ -924,7 +924,8 @@ fn client_pause_holds_writes_until_unpause() {
         "+OK\r\n"
     );
     assert_eq!(
-        support::ask(&mut admin, &["CLIENT", "PAUSE", "20000", "WRITE"]),
+        // Longer than the clients' 30 s read timeout: a read held by mistake fails the test.
+        support::ask(&mut admin, &["CLIENT", "PAUSE", "60000", "WRITE"]),
         "+OK\r\n"
     );
     writer
@@ -946,6 +947,17 @@ fn client_pause_holds_writes_until_unpause() {
     );
     // A syntax error is answered at once.
     assert!(support::ask(&mut reader, &["SET", "pause:k"]).starts_with("-ERR wrong number"));
+    // A transaction of reads and PING (neither write nor may-replicate) runs.
+    assert_eq!(support::ask(&mut reader, &["MULTI"]), "+OK\r\n");
+    assert_eq!(support::ask(&mut reader, &["PING"]), "+QUEUED\r\n");
+    assert_eq!(
+        support::ask(&mut reader, &["GET", "pause:k"]),
+        "+QUEUED\r\n"
+    );
+    assert_eq!(
+        support::ask(&mut reader, &["EXEC"]),
+        "*2\r\n+PONG\r\n$1\r\n0\r\n"
+    );
     assert_eq!(support::ask(&mut admin, &["CLIENT", "UNPAUSE"]), "+OK\r\n");
     // The held write goes, then the GET behind it.
     assert_eq!(support::read_reply_string(&mut writer), "+OK\r\n");

@@ -113,6 +113,45 @@ fn cluster_wide_writes_in_a_transaction_reach_every_node() {
     assert!(ask(&mut s, &["EXEC"]).starts_with("-EXECABORT"));
 }
 
+/// Commands slotmux answers itself (CLIENT SETNAME, SLOWLOG...) run inside a transaction
+/// when it runs, their replies in their places; not at all when WATCH aborts it.
+#[test]
+fn commands_slotmux_answers_run_inside_a_transaction() {
+    let p = Proxy::for_cluster(cluster());
+    let mut s = p.raw();
+    let mut other = p.raw();
+    assert_eq!(ask(&mut s, &["MULTI"]), "+OK\r\n");
+    for cmd in [
+        &["CLIENT", "SETNAME", "txname"][..],
+        &["SET", "{tl}k", "1"],
+        &["CLIENT", "GETNAME"],
+        &["GET", "{tl}k"],
+        &["SLOWLOG", "RESET"],
+    ] {
+        assert_eq!(ask(&mut s, cmd), "+QUEUED\r\n", "{cmd:?}");
+    }
+    let list = ask(&mut other, &["CLIENT", "LIST"]);
+    assert!(
+        list.contains(" name= ") && list.contains(" multi=5 "),
+        "{list}"
+    );
+    assert_eq!(
+        ask(&mut s, &["EXEC"]),
+        "*5\r\n+OK\r\n+OK\r\n$6\r\ntxname\r\n$1\r\n1\r\n+OK\r\n"
+    );
+    // Only locals: the node runs an empty transaction.
+    assert_eq!(ask(&mut s, &["MULTI"]), "+OK\r\n");
+    assert_eq!(ask(&mut s, &["CLIENT", "GETNAME"]), "+QUEUED\r\n");
+    assert_eq!(ask(&mut s, &["EXEC"]), "*1\r\n$6\r\ntxname\r\n");
+    // WATCH aborts: nothing of the transaction runs, the name stays.
+    assert_eq!(ask(&mut s, &["WATCH", "{tl}k"]), "+OK\r\n");
+    assert_eq!(ask(&mut other, &["SET", "{tl}k", "2"]), "+OK\r\n");
+    assert_eq!(ask(&mut s, &["MULTI"]), "+OK\r\n");
+    assert_eq!(ask(&mut s, &["CLIENT", "SETNAME", "never"]), "+QUEUED\r\n");
+    assert_eq!(ask(&mut s, &["EXEC"]), "*-1\r\n");
+    assert_eq!(ask(&mut s, &["CLIENT", "GETNAME"]), "$6\r\ntxname\r\n");
+}
+
 #[test]
 fn watch_aborts_exec_when_the_key_changes() {
     let p = Proxy::for_cluster(cluster());
