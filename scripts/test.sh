@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs slotmux's whole test suite: formatting, lints, unit tests, integration tests against
-# real Redis Clusters, and the deploy/ checks. Installs what is missing (as root: redis-server
-# with apt-get, the Python redis client with pip).
+# real Redis Clusters, Redis's own test suite through slotmux, and the deploy/ checks. Installs
+# what is missing (as root: redis-server with apt-get, the Python redis client with pip).
 #   scripts/test.sh                everything
 #   QUICK=1 scripts/test.sh        skip the deploy/ network-namespace simulation
 #   SKIP_FUZZ=1 scripts/test.sh    skip the bounded fuzz run (FUZZ_SECONDS per target, default 15)
+#   SKIP_CONFORMANCE=1 scripts/test.sh   skip Redis's own test suite through slotmux
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -31,6 +32,13 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets 2>&1
+# Redis's own test suite through slotmux (the files in scripts/conformance-ci.txt, against a
+# release build): fails on any failure not listed in scripts/conformance-known-failures.txt.
+if [ -z "${SKIP_CONFORMANCE:-}" ]; then
+  echo "== scripts/conformance.sh (CI=1: Redis's own tests through slotmux)"
+  cargo build --release --quiet --bin slotmux
+  SLOTMUX_BIN="$PWD/target/release/slotmux" CI=1 scripts/conformance.sh
+fi
 # A bounded fuzz run of the byte scanners (cargo-fuzz on stable; installed when missing).
 if [ -z "${SKIP_FUZZ:-}" ] && [ -x scripts/fuzz.sh ]; then
   echo "== scripts/fuzz.sh (FUZZ_SECONDS=${FUZZ_SECONDS:=15} per target)"

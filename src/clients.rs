@@ -104,8 +104,9 @@ impl ClientEntry {
         }
     }
 
-    /// The client's `CLIENT LIST` line (Redis 7.0's fields; the memory ones are 0).
-    pub fn line(&self, now: Instant) -> String {
+    /// The client's `CLIENT LIST` line (Redis 7.0's fields; the memory ones are 0). `qbuf`:
+    /// the bytes of its input slotmux holds (the command being answered, for the caller).
+    pub fn line(&self, now: Instant, qbuf: usize) -> String {
         let v = self.view();
         let idle_ms = now
             .saturating_duration_since(self.started)
@@ -125,7 +126,7 @@ impl ClientEntry {
             flags.push('N');
         }
         format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
             self.id,
             self.addr,
             self.laddr,
@@ -141,6 +142,7 @@ impl ClientEntry {
             v.psub,
             v.ssub,
             v.multi,
+            qbuf,
             crate::command::command_name(self.cmd.load(Ordering::Relaxed)),
             v.resp,
         )
@@ -343,7 +345,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let e = clients.register(9, addr, addr, 3, None);
         e.set_view(|v| v.name = Some(Bytes::from_static(b"worker")));
-        let line = e.line(Instant::now());
+        let line = e.line(Instant::now(), 0);
         assert!(line.starts_with("id=9 addr=127.0.0.1:5000 laddr=127.0.0.1:5000 fd=3 name=worker age=0 idle=0 flags=N db=0 sub=0"), "{line}");
         assert!(
             line.ends_with("cmd=NULL user=default redir=-1 resp=2"),

@@ -277,7 +277,7 @@ mod tests {
         );
         assert_eq!(merge(Merge::TxEcho, &parts[..3], &order[..2]), exec);
         let null = Bytes::from_static(b"*-1\r\n");
-        assert_eq!(merge(Merge::TxEcho, &[null.clone()], &[]), null);
+        assert_eq!(merge(Merge::TxEcho, std::slice::from_ref(&null), &[]), null);
     }
 
     #[test]

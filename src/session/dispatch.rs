@@ -297,6 +297,16 @@ impl Session {
     /// Sends `frame`, made by slotmux, to every master; OK when all say OK.
     pub(super) fn send_to_every_master(&mut self, frame: Bytes) {
         let topo = self.topo.load().clone();
+        if self.capture.is_some() {
+            // Inside a transaction's reply (CLIENT PAUSE in MULTI): no entry of its own to
+            // wait on, so the masters are told without waiting for their `+OK`.
+            for m in &topo.masters {
+                if let Ok(link) = self.worker.link(m, self.proto, 0) {
+                    let _ = link.send_silent(&frame);
+                }
+            }
+            return self.reply_local(|o, _| crate::resp::write::ok(o));
+        }
         if topo.masters.is_empty() {
             return self.reply_local(|o, _| crate::resp::write::ok(o));
         }

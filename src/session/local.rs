@@ -84,7 +84,7 @@ impl Session {
                 self.reply_local(|o, _| write::integer(o, id));
             }
             Local::ClientInfo => {
-                let line = self.client_line() + "\n";
+                let line = self.client_line(args.frame.len()) + "\n";
                 self.reply_local(|o, p| write::verbatim(o, p, line.as_bytes()));
             }
             Local::ClientList => self.client_list(args),
@@ -212,10 +212,11 @@ impl Session {
         }
     }
 
-    /// This client's CLIENT LIST line, fresh (the registry's may be a command behind).
-    fn client_line(&self) -> String {
+    /// This client's CLIENT LIST line, fresh (the registry's may be a command behind), while
+    /// it runs a command of `qbuf` bytes.
+    fn client_line(&self, qbuf: usize) -> String {
         self.publish_view();
-        self.me.line(std::time::Instant::now())
+        self.me.line(std::time::Instant::now(), qbuf)
     }
 
     /// CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]: every client of slotmux.
@@ -268,7 +269,9 @@ impl Session {
                 Some(_) => false,
             };
             if keep {
-                text.push_str(&c.line(now));
+                // The caller's own command is in its query buffer, as in Redis.
+                let qbuf = if c.id == self.id { args.frame.len() } else { 0 };
+                text.push_str(&c.line(now, qbuf));
                 text.push('\n');
             }
         }

@@ -403,7 +403,7 @@ impl Session {
     /// Logs a finished command that took at least `slowlog-log-slower-than`, as Redis does
     /// (replies slotmux makes itself included: PING is logged too).
     fn maybe_slowlog(&self, m: &Meta, took: std::time::Duration, request: Option<Bytes>) {
-        if m.skip_slowlog || !self.shared.slowlog.threshold().is_some_and(|t| took >= t) {
+        if m.skip_slowlog || self.shared.slowlog.threshold().is_none_or(|t| took < t) {
             return;
         }
         let request = request.unwrap_or_else(|| m.request.clone());

@@ -24,8 +24,6 @@ use crate::resp::write;
 use crate::router::{Route, Target};
 use crate::upstream::{LinkKind, Node, OwnedLink};
 
-const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
-const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
 
 /// The connection that holds a client's WATCHes, on the watched keys' master.
@@ -72,9 +70,10 @@ pub(super) struct AfterExec {
     locals: Vec<TxLocal>,
 }
 
-/// A command slotmux answers itself, inside MULTI (SLOWLOG RESET, CLIENT SETNAME, CLUSTER
-/// SLOTS...). It is not sent; slotmux runs it when EXEC's reply arrives (the moment the
-/// transaction ran) and puts its reply in its place among the node's.
+/// A command slotmux answers itself, inside MULTI (SLOWLOG RESET, CLIENT SETNAME, CLIENT
+/// PAUSE, CLUSTER SLOTS...). It is not sent; slotmux runs it when EXEC's reply arrives (the
+/// moment the transaction ran: a pause starts after it, as in Redis) and puts its reply in
+/// its place among the node's.
 pub(super) struct TxLocal {
     /// Its position in the transaction, as the client counts.
     index: u32,
@@ -106,9 +105,11 @@ impl Multi {
         self.aborted = true;
     }
 
-    fn new() -> Multi {
+    /// `multi` is the client's own MULTI (and its EXEC ends the batch): MONITOR on the node
+    /// shows them as the client wrote them.
+    fn new(multi: &[u8]) -> Multi {
         let mut batch = BytesMut::with_capacity(256);
-        batch.extend_from_slice(MULTI);
+        batch.extend_from_slice(multi);
         Multi {
             batch,
             count: 0,
@@ -161,7 +162,7 @@ impl Session {
                     return self
                         .reply_error(ProxyError::redis("ERR MULTI calls can not be nested"));
                 }
-                self.multi = Some(Multi::new());
+                self.multi = Some(Multi::new(&frame));
                 self.publish_view();
                 self.reply_local(|o, _| write::ok(o));
             }
@@ -189,7 +190,7 @@ impl Session {
                 self.publish_view();
                 self.reply_local(|o, _| write::ok(o));
             }
-            Tx::Exec => self.exec(),
+            Tx::Exec => self.exec(&frame),
         }
     }
 
@@ -253,7 +254,7 @@ impl Session {
         }
     }
 
-    fn exec(&mut self) {
+    fn exec(&mut self, exec: &[u8]) {
         let Some(mut m) = self.multi.take() else {
             return self.reply_error(ProxyError::redis("ERR EXEC without MULTI"));
         };
@@ -265,7 +266,7 @@ impl Session {
         if watch.as_ref().is_some_and(|w| w.broken) {
             return self.reply_local(write::null_array);
         }
-        m.batch.extend_from_slice(EXEC);
+        m.batch.extend_from_slice(exec);
         let target = match m.slot {
             Some(s) => Target::Slot(s),
             None => Target::AnyMaster,
@@ -358,9 +359,7 @@ impl Session {
         done.reply = Some((exec, Outcome::Ok));
         parts.insert(0, done);
         let count = parts.len();
-        let Some(entry) = self.queue.entry_mut(tag) else {
-            return None;
-        };
+        let entry = self.queue.entry_mut(tag)?;
         *entry = Entry::Many(Box::new(Fanout {
             merge: Merge::TxEcho,
             info: None,
@@ -555,6 +554,8 @@ impl Session {
                 | Local::ClientInfo
                 | Local::ClientList
                 | Local::ClientOk
+                | Local::ClientPause
+                | Local::ClientUnpause
                 | Local::ClusterSlots
                 | Local::ClusterShards
                 | Local::ClusterNodes

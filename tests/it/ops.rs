@@ -296,6 +296,8 @@ fn client_list_kill_and_unblock_cover_slotmux_clients() {
     );
     let info = crate::support::ask(&mut b, &["CLIENT", "INFO"]);
     assert!(info.contains("cmd=client|info"), "{info}");
+    // Its own command is what its query buffer holds, as in Redis (26 bytes).
+    assert!(info.contains(" qbuf=26 "), "{info}");
     assert!(crate::support::ask(&mut b, &["CLIENT", "LIST", "TYPE", "pubsub"]).starts_with("$0"));
 
     // A client blocked in BLPOP is unblocked on its node, with an error or as a timeout.
