@@ -437,10 +437,10 @@ impl Handling {
             Scan => "every master in turn; the cursor encodes which master".into(),
             LastWrite => "sent to the node of the client's last write".into(),
             Blocking => "routed by its keys on a connection of the client's own (at most --max-blocking-clients)".into(),
-            Transaction(_) => "pinned to the master of the transaction's first key, on a connection of its own".into(),
+            Transaction(_) => "MULTI/EXEC: checked and queued by slotmux (+QUEUED), sent at EXEC as one batch to the slot's current owner (replayed there after MOVED/ASK/TRYAGAIN); WATCH: on a connection of the client's own at the keys' master".into(),
             Subscribe(_) => "on the client's subscription connection (slot 0's master; SSUBSCRIBE: the channel's master)".into(),
             SlotArg => "sent to the master of the slot it names".into(),
-            Info => "slotmux's own sections (server, clients, stats, cluster); keyspace summed over every master".into(),
+            Info => "slotmux's own sections (server, clients, replication, cpu, cluster) and the masters' (memory, stats, keyspace, commandstats...) merged, in Redis's order".into(),
             PubSubNode => "sent to slot 0's master, where slotmux's subscriptions live".into(),
         }
     }
@@ -449,7 +449,7 @@ impl Handling {
 /// docs/COMMANDS.md, generated from the table and the policy.
 pub fn commands_markdown() -> String {
     let mut out = String::from(
-        "# Commands through slotmux\n\nGenerated from `src/command` (the Redis 7.0 command table and slotmux's policy) by\n`UPDATE_DOCS=1 cargo test --lib commands_doc`; a test fails when this file is stale.\n\n| command | how slotmux handles it |\n|---|---|\n",
+        "# Commands through slotmux\n\nGenerated from `src/command` (the Redis 7.0 command table and slotmux's policy) by\n`UPDATE_DOCS=1 cargo test --lib commands_doc`; a test fails when this file is stale.\n\nInside `MULTI`: keyed commands must share one slot (else `CROSSSLOT`, and `EXEC` answers\n`EXECABORT`); cluster-wide writes (`FLUSHALL`, `CONFIG SET`, `SCRIPT LOAD`...) run in the\ntransaction on its master, then on the other nodes once `EXEC` succeeded; commands slotmux\nanswers itself run when `EXEC` has run, their replies in place; reads of every master\n(`DBSIZE`, `KEYS`...) are refused. A refusal only the node makes while queueing (an ACL rule)\nshows as `EXECABORT` at `EXEC`, since slotmux, not the node, answers `+QUEUED`.\n\n| command | how slotmux handles it |\n|---|---|\n",
     );
     let mut row = |c: &CommandSpec| {
         out.push_str(&format!(
