@@ -171,7 +171,7 @@ pub fn cluster_version(topo: &Topology) -> String {
 fn server(shared: &Shared, topo: &Topology) -> String {
     let up = shared.started.elapsed().as_secs();
     format!(
-        "redis_version:{}\r\nslotmux_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nmultiplexing_api:epoll\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nexecutable:{}\r\n",
+        "redis_version:{}\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\nredis_build_id:0\r\nslotmux_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nmultiplexing_api:epoll\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nexecutable:{}\r\n",
         cluster_version(topo),
         env!("CARGO_PKG_VERSION"),
         std::env::consts::OS,
@@ -202,7 +202,6 @@ fn clients(shared: &Shared) -> String {
     )
 }
 
-/// slotmux's own CPU time, from /proc/self/stat (clock ticks of 10 ms).
 /// slotmux presents itself as one master without replicas (the cluster's own replicas are
 /// each master's business); the fields are those of such a Redis, so scripts reading them
 /// find them.
@@ -216,6 +215,7 @@ fn replication(shared: &Shared) -> String {
     )
 }
 
+/// slotmux's own CPU time, from /proc/self/stat (clock ticks of 10 ms).
 fn cpu() -> String {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.

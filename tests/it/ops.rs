@@ -202,6 +202,8 @@ fn info_sections_and_cluster_wide_keyspace() {
     assert!(calls >= 30, "cmdstat_get:calls={calls}");
     let server: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
     assert!(server.starts_with("# Server") && !server.contains("# Clients"));
+    // Fields scripts read from any Redis (Redis's own test suite reads redis_git_sha1).
+    assert!(server.contains("\r\nredis_git_sha1:"), "{server}");
     // One master without replicas, with the fields scripts read from such a Redis.
     let repl: String = redis::cmd("INFO")
         .arg("replication")
