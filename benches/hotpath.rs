@@ -15,6 +15,8 @@
 //! - `route/*`: one command through the in-process path with no network: scan + lookup +
 //!   slot_of, and the fuller sequence `Session::handle` runs before sending (arity, read-only
 //!   flag, policy).
+//! - `hotkeys/*`: hot-key sampling, per command (the countdown, and one command in 8 recorded)
+//!   and for one record against a full table.
 //! - `hop/*`: the reply hand-off from a link into a session's inbox, and the tokio unbounded
 //!   channel it replaced, for comparison.
 //!
@@ -475,7 +477,46 @@ fn alloc_report(n: u64) {
         report_none("link -> session inbox push+pop", n, before, allocs());
     }
 
-    // 5. A multi-key command over the 16-argument stack buffer of slot_of, for contrast.
+    // 5. Hot-key sampling: every command counts down to its sample, one in 8 (on average)
+    //    records its keys in the worker's preallocated sketch. Among 5,000 distinct keys, so
+    //    entries keep being replaced.
+    {
+        let mut sketch = slotmux::hotkeys::Sketch::new(3);
+        let spec = lookup(b"GET").expect("GET");
+        let keys: Vec<Vec<u8>> = (0..5000).map(|i| format!("key:{i}").into_bytes()).collect();
+        type Frame = (Vec<u8>, Vec<(usize, usize)>);
+        let frames: Vec<Frame> = keys
+            .iter()
+            .map(|k| {
+                let mut f = b"GET".to_vec();
+                f.extend_from_slice(k);
+                (f, vec![(0, 3), (3, 3 + k.len())])
+            })
+            .collect();
+        let mut sample = |i: u64| {
+            let (f, r) = &frames[i as usize % frames.len()];
+            if sketch.due() {
+                sketch.record_command(
+                    spec,
+                    Args {
+                        frame: f,
+                        ranges: r,
+                    },
+                );
+            }
+        };
+        (0..10_000).for_each(&mut sample);
+        let before = allocs();
+        (0..n).for_each(&mut sample);
+        report_none(
+            "hot-key sampling (count + 1 in 8 recorded)",
+            n,
+            before,
+            allocs(),
+        );
+    }
+
+    // 6. A multi-key command over the 16-argument stack buffer of slot_of, for contrast.
     {
         let mset = mset_100_frame();
         let mut scanner = RequestScanner::new(Limits::default());
@@ -756,6 +797,39 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
+fn hotkeys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hotkeys");
+    let spec = lookup(b"GET").expect("GET");
+    let mut scanner = RequestScanner::new(Limits::default());
+    let mut buf = BytesMut::from(&get_frame()[..]);
+    let bytes = scanner.next(&mut buf).unwrap().unwrap();
+    let ranges = scanner.args().to_vec();
+    // What every command pays: the countdown, and 1 in 8 times the record.
+    g.bench_function("per_command/get", |b| {
+        let mut sketch = slotmux::hotkeys::Sketch::new(5);
+        b.iter(|| {
+            if sketch.due() {
+                sketch.record_command(
+                    spec,
+                    black_box(Args {
+                        frame: &bytes,
+                        ranges: &ranges,
+                    }),
+                );
+            }
+        })
+    });
+    // One sampled record with a full table of 64 other keys (the scan's worst case).
+    g.bench_function("record/full_table", |b| {
+        let mut sketch = slotmux::hotkeys::Sketch::new(5);
+        for i in 0..64 {
+            sketch.record(format!("other:{i}").as_bytes());
+        }
+        b.iter(|| sketch.record(black_box(KEY)))
+    });
+    g.finish();
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
     // criterion then runs every benchmark once as a smoke test: keep the report short there.
@@ -773,5 +847,6 @@ fn main() {
     route(&mut c);
     hop(&mut c);
     metrics(&mut c);
+    hotkeys(&mut c);
     c.final_summary();
 }

@@ -126,6 +126,31 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Where read-only commands go: `master` (as a cluster client does by default),
+    /// `replica` (a replica of the slot's master, spread over its replicas; none that can
+    /// serve: retried, then an error) or `prefer-replica` (a replica when one can serve, else
+    /// the master). Never inside MULTI, after WATCH, or for blocking commands. A client can opt
+    /// in on its connection with READONLY (as prefer-replica) and out with READWRITE.
+    #[arg(long, env = "SLOTMUX_READ_FROM", default_value = "master",
+          value_parser = ["master", "replica", "prefer-replica"])]
+    pub read_from: String,
+
+    /// A replica whose master has not had its acknowledgement for longer than this (the
+    /// master's `lag` in INFO replication, as Redis's min-replicas-max-lag) gets no reads.
+    #[arg(long, env = "SLOTMUX_REPLICA_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
+    pub replica_max_lag: Duration,
+
+    /// This proxy's availability zone: replicas that announce the same zone (Valkey 8.1+
+    /// `availability-zone`, in HELLO) are preferred for reads; others are used when the zone
+    /// has none.
+    #[arg(long, env = "SLOTMUX_AVAILABILITY_ZONE")]
+    pub availability_zone: Option<String>,
+
+    /// Hot-key sampling (`SLOTMUX HOTKEYS`, `/debug/hotkeys`, the busiest-slot gauge): one
+    /// command in 8, on average, has its keys counted.
+    #[arg(long, env = "SLOTMUX_HOTKEYS", default_value = "on", value_parser = ["on", "off"])]
+    pub hotkeys: String,
+
     /// Worker threads, each serving its share of the clients with its own backend
     /// connections (default: half the cores available, rounded up: 1 on 2 cores).
     #[arg(long, env = "SLOTMUX_THREADS")]

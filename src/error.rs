@@ -43,6 +43,8 @@ pub enum ProxyError {
     Refused { command: String, why: &'static str },
     /// `--max-blocking-clients` reached.
     TooManyBlocked(usize),
+    /// `--read-from replica`: no replica of the slot's master can serve reads.
+    NoReplica(u16),
     /// The connection a transaction was pinned to broke.
     TransactionLost,
     /// An error in Redis's own words (unknown command, arity, syntax...), made by slotmux
@@ -79,6 +81,7 @@ impl ProxyError {
                 | ProxyError::Unreachable(_)
                 | ProxyError::NodeUnavailable { .. }
                 | ProxyError::TooManyBlocked(_)
+                | ProxyError::NoReplica(_)
         )
     }
 
@@ -107,6 +110,10 @@ impl fmt::Display for ProxyError {
             ProxyError::TooManyBlocked(n) => write!(
                 f,
                 "ERR slotmux: too many blocked clients (--max-blocking-clients {n})"
+            ),
+            ProxyError::NoReplica(slot) => write!(
+                f,
+                "CLUSTERDOWN slotmux: no replica of slot {slot}'s master can serve reads (--read-from replica)"
             ),
             ProxyError::TransactionLost => f.write_str(
                 "ERR slotmux: the transaction's connection was lost; the transaction was discarded",

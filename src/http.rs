@@ -1,4 +1,5 @@
-//! The operator's HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! The operator's HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`,
+//! `/debug/hotkeys` (JSON).
 //!
 //! Owns: a deliberately tiny HTTP/1.1 responder (GET only, one request per connection, bounded
 //! head size and time), so slotmux carries no HTTP stack. Liveness answers from the event loop
@@ -56,10 +57,11 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
                 format!("not ready: {why}\n"),
             ),
         },
+        ("GET", "/debug/hotkeys") => ("200 OK", "application/json", hotkeys_json(shared)),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_string(),
+            "try /metrics, /healthz, /readyz or /debug/hotkeys\n".to_string(),
         ),
         _ => (
             "405 Method Not Allowed",
@@ -73,4 +75,45 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
     );
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The sampled hot keys (20) and busiest slots (10), with their masters, as JSON.
+fn hotkeys_json(shared: &Shared) -> String {
+    use crate::hotkeys::json_string;
+    use std::fmt::Write;
+    if shared.config.hotkeys != "on" {
+        return "{\"enabled\":false,\"keys\":[],\"slots\":[]}\n".to_string();
+    }
+    let topo = shared.cluster.snapshot();
+    let node = |slot: u16| {
+        topo.master_for(slot)
+            .map_or("null".to_string(), |n| json_string(n.addr.as_bytes()))
+    };
+    let mut out = format!(
+        "{{\"enabled\":true,\"sample_every\":{},\"keys\":[",
+        crate::hotkeys::SAMPLE_EVERY
+    );
+    for (i, k) in shared.hotkeys.top_keys(20).iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}{{\"key\":{},\"length\":{},\"rate\":{:.1},\"slot\":{},\"node\":{}}}",
+            if i > 0 { "," } else { "" },
+            json_string(&k.key),
+            k.len,
+            k.rate,
+            k.slot,
+            node(k.slot)
+        );
+    }
+    out.push_str("],\"slots\":[");
+    for (i, (slot, rate)) in shared.hotkeys.top_slots(10).iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}{{\"slot\":{slot},\"rate\":{rate:.1},\"node\":{}}}",
+            if i > 0 { "," } else { "" },
+            node(*slot)
+        );
+    }
+    out.push_str("]}\n");
+    out
 }

@@ -20,19 +20,23 @@
 //! - [`command`]: generated command table, key extraction, per-command policy.
 //! - [`router`]: command → one target, a split plan, a local reply or an error; SCAN cursors.
 //! - [`merge`]: combining the replies of split and all-masters commands.
+//! - [`functions`]: which functions loaded through slotmux declared `no-writes` (CLIENT PAUSE).
 //! - [`error`]: what slotmux answers itself when it cannot pass a command on.
 //! - [`cluster`]: `key_slot`, the slot table snapshot, the refresher.
 //! - [`upstream`]: nodes, worker-local backend links, cold-path queries.
 //! - [`info`]: INFO sections.
 //! - [`slowlog`]: SLOWLOG entries for commands above `--slowlog-threshold`.
+//! - [`hotkeys`]: sampled hot keys and busiest slots (`SLOTMUX HOTKEYS`, `/debug/hotkeys`).
 //! - [`metrics`]: every Prometheus metric, per-session and per-link counts flushed periodically.
-//! - [`http`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`, `/debug/hotkeys`.
 
 pub mod clients;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod functions;
+pub mod hotkeys;
 pub mod http;
 pub mod info;
 pub mod merge;

@@ -11,13 +11,16 @@
 use prometheus::core::{AtomicU64 as PAtomicU64, GenericCounter};
 use prometheus::local::LocalHistogram;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::shared::Shared;
+
+/// Slots that get a `slotmux_hot_slot_requests_per_second` series.
+const HOT_SLOTS: usize = 10;
 
 type Counter = GenericCounter<PAtomicU64>;
 
@@ -137,6 +140,7 @@ pub struct Metrics {
     backend_latency: HistogramVec,
     backend_connections: IntGaugeVec,
     node_up: IntGaugeVec,
+    hot_slots: GaugeVec,
     // Copied from atomics at scrape time.
     clients: IntGauge,
     accepted: Counter,
@@ -201,6 +205,7 @@ impl Metrics {
             backend_latency: reg(&r, hist("slotmux_backend_duration_seconds", "Time from writing a request to a node to reading its reply", &["node"])),
             backend_connections: reg(&r, IntGaugeVec::new(Opts::new("slotmux_backend_connections", "Open backend connections by node and kind (shared, dedicated, pubsub)"), &["node", "kind"]).expect("static metric")),
             node_up: reg(&r, IntGaugeVec::new(Opts::new("slotmux_node_up", "1 while the node answers slotmux's health probe (a PING about once a second), 0 when it does not"), &["node"]).expect("static metric")),
+            hot_slots: reg(&r, GaugeVec::new(Opts::new("slotmux_hot_slot_requests_per_second", "Estimated requests per second of the busiest slots (the 10 busiest only; sampled, one command in 8, smoothed over about 2 s; off with --hotkeys off)"), &["slot"]).expect("static metric")),
             clients: reg(&r, gauge("slotmux_client_connections", "Client connections open now")),
             accepted: reg(&r, counter("slotmux_client_connections_accepted_total", "Client connections accepted")),
             rejected: reg(&r, cvec("slotmux_client_connections_rejected_total", "Client connections refused, by reason", &["reason"])),
@@ -308,6 +313,13 @@ impl Metrics {
         });
         self.unreachable
             .set(t.masters.iter().filter(|m| m.health().is_down()).count() as i64);
+        // Only the busiest slots get a series, so their number stays bounded.
+        self.hot_slots.reset();
+        for (slot, rate) in shared.hotkeys.top_slots(HOT_SLOTS) {
+            self.hot_slots
+                .with_label_values(&[&slot.to_string()])
+                .set(rate);
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

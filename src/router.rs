@@ -147,6 +147,53 @@ pub fn route(spec: &'static CommandSpec, args: Args<'_>, topo: &Topology) -> Rou
     }
 }
 
+/// Where a client's read-only commands go (`--read-from`, READONLY/READWRITE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Master,
+    /// Replicas only: when none can serve, retried, then an error.
+    Replica,
+    /// A replica when one can serve, else the master.
+    PreferReplica,
+}
+
+impl ReadFrom {
+    /// From `--read-from`'s value (already validated by the flag's parser).
+    pub fn parse(s: &str) -> ReadFrom {
+        match s {
+            "replica" => ReadFrom::Replica,
+            "prefer-replica" => ReadFrom::PreferReplica,
+            _ => ReadFrom::Master,
+        }
+    }
+}
+
+/// A replica of `slot`'s master that can serve reads (reachable, in sync, acknowledged within
+/// `max_lag_secs`): one in `zone` when that zone has one, else any; `spread` picks among them
+/// so sessions share the load. `None`: no replica can serve. Allocates nothing.
+pub fn replica_for<'a>(
+    topo: &'a Topology,
+    slot: u16,
+    spread: usize,
+    max_lag_secs: u32,
+    zone: Option<&str>,
+) -> Option<&'a Arc<Node>> {
+    let all = topo.replicas_for(slot);
+    let ok = |n: &&Arc<Node>| !n.health().is_down() && n.replica.serves_reads(max_lag_secs);
+    if let Some(z) = zone {
+        let here = |n: &&Arc<Node>| ok(n) && n.replica.zone() == Some(z);
+        let count = all.iter().filter(here).count();
+        if count > 0 {
+            return all.iter().filter(here).nth(spread % count);
+        }
+    }
+    let count = all.iter().filter(ok).count();
+    if count == 0 {
+        return None;
+    }
+    all.iter().filter(ok).nth(spread % count)
+}
+
 fn blocking(spec: &'static CommandSpec, args: Args<'_>) -> Route {
     match command::slot_of(spec, args) {
         SlotOf::One(s) => Route::Blocking(s),

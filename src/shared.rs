@@ -1,5 +1,6 @@
 //! The state every worker and session sees: configuration, the cluster, metrics, the slow log,
-//! the script store, the client and blocked-client limits, and the rare-event counters.
+//! the script store, the client and blocked-client limits, the hot-key views, and the rare-event
+//! counters.
 //!
 //! Owns: [`Shared`] and its parts ([`Stats`], [`Scripts`], the RAII permits for the client and
 //! blocking limits), and readiness.
@@ -186,6 +187,8 @@ pub struct Shared {
     pub slowlog: crate::slowlog::SlowLog,
     pub metrics: Arc<Metrics>,
     pub scripts: Scripts,
+    /// Clients in MONITOR (each holds a [`Permit`]).
+    pub monitors: Arc<AtomicUsize>,
     /// Clients currently holding a dedicated connection for a blocking command.
     pub blocked: Arc<AtomicUsize>,
     pub config: Arc<Config>,
@@ -200,6 +203,10 @@ pub struct Shared {
     /// This process's random identity (INFO's run_id).
     pub run_id: String,
     pub pause: Pause,
+    /// Functions loaded through slotmux and their `no-writes` flags.
+    pub functions: crate::functions::Functions,
+    /// What the workers' hot-key samplers saw (their views, published once a second).
+    pub hotkeys: crate::hotkeys::HotKeys,
     /// The workers' channels, to tell every session of an unpause.
     pub workers:
         std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<crate::worker::WorkerMsg>>>,
@@ -233,6 +240,7 @@ impl Shared {
             metrics,
             scripts: Scripts::new(SCRIPT_BYTES),
             blocked: Arc::new(AtomicUsize::new(0)),
+            monitors: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
             cluster,
             next_client_id: AtomicU64::new(0),
@@ -242,6 +250,8 @@ impl Shared {
             started: Instant::now(),
             run_id: run_id(),
             pause: Pause::default(),
+            hotkeys: crate::hotkeys::HotKeys::default(),
+            functions: crate::functions::Functions::default(),
             workers: std::sync::OnceLock::new(),
         });
         shared.spawn_ops_ticker();

@@ -5,7 +5,7 @@
 //! loaded worker, and inside a worker the table of its shared backend links (indexed by node
 //! id, protocol and lane: no lock, no hashing, no atomic per request), the tick that drops hung
 //! or forgotten links and flushes their metrics, and the per-worker filter that keeps EVAL from
-//! locking the shared script store for scripts it has already seen.
+//! locking the shared script store for scripts it has already seen, and its hot-key sampler.
 //! Must not: route or parse (sessions do), or let anything on the request path cross threads:
 //! the only shared structures a request touches are read-only (configuration, the topology
 //! snapshot).
@@ -64,6 +64,9 @@ pub struct Worker {
     /// Fast hashes of script bodies this worker has put in the shared store, and the store's
     /// eviction count when the set was last valid.
     scripts_seen: RefCell<(u64, HashSet<u64>)>,
+    /// The hot-key sampler (`--hotkeys off`: none) and when it last published.
+    hot: Option<RefCell<crate::hotkeys::Sketch>>,
+    hot_published: std::cell::Cell<Instant>,
 }
 
 impl Worker {
@@ -72,6 +75,7 @@ impl Worker {
         shared: Arc<Shared>,
         tx: Option<mpsc::UnboundedSender<WorkerMsg>>,
     ) -> Worker {
+        let hot = shared.config.hotkeys == "on";
         Worker {
             index,
             tx,
@@ -83,6 +87,13 @@ impl Worker {
             retiring: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
             scripts_seen: RefCell::new((0, HashSet::new())),
+            hot: hot.then(|| {
+                RefCell::new(crate::hotkeys::Sketch::new(
+                    (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ std::process::id() as u64,
+                ))
+            }),
+            hot_published: std::cell::Cell::new(Instant::now()),
         }
     }
 
@@ -131,13 +142,38 @@ impl Worker {
         proto: Proto,
         lane: usize,
     ) -> Result<Rc<Link>, UpstreamError> {
-        let i = (node.id * 2 + proto.index()) * self.lanes + lane % self.lanes;
+        self.shared_link(node, proto, lane, false)
+    }
+
+    /// Like [`Worker::link`], for reads on a replica: a link of its own kind that sends
+    /// `READONLY` first (a master's links never do, so a master demoted to replica answers
+    /// them MOVED instead of serving stale reads).
+    #[inline]
+    pub fn replica_link(
+        &self,
+        node: &Arc<Node>,
+        proto: Proto,
+        lane: usize,
+    ) -> Result<Rc<Link>, UpstreamError> {
+        self.shared_link(node, proto, lane, true)
+    }
+
+    #[inline]
+    fn shared_link(
+        &self,
+        node: &Arc<Node>,
+        proto: Proto,
+        lane: usize,
+        reads: bool,
+    ) -> Result<Rc<Link>, UpstreamError> {
+        let i = ((node.id * 2 + proto.index()) * 2 + usize::from(reads)) * self.lanes
+            + lane % self.lanes;
         if let Some(Some(l)) = self.links.borrow().get(i) {
             if Arc::ptr_eq(&l.node, node) && l.is_usable() {
                 return Ok(l.clone());
             }
         }
-        self.open_shared(i, node, proto)
+        self.open_shared(i, node, proto, reads)
     }
 
     #[cold]
@@ -146,11 +182,15 @@ impl Worker {
         i: usize,
         node: &Arc<Node>,
         proto: Proto,
+        reads: bool,
     ) -> Result<Rc<Link>, UpstreamError> {
         if node.health().in_backoff() {
             return Err(UpstreamError::NotSent);
         }
         let fresh = Link::open(node.clone(), proto, LinkKind::Shared);
+        if reads {
+            fresh.send_silent(b"*1\r\n$8\r\nREADONLY\r\n")?;
+        }
         let mut links = self.links.borrow_mut();
         if links.len() <= i {
             links.resize(i + 1, None);
@@ -189,6 +229,22 @@ impl Worker {
 
     /// Puts a script body in the shared store unless this worker already did: one hash per
     /// EVAL instead of a SHA1 and a lock.
+    /// Counts a command for the hot-key sampler, and records its keys when it is sampled.
+    #[inline]
+    pub fn sample_keys(
+        &self,
+        spec: &crate::command::table::CommandSpec,
+        args: crate::command::Args<'_>,
+    ) {
+        if let Some(hot) = &self.hot {
+            if let Ok(mut h) = hot.try_borrow_mut() {
+                if h.due() {
+                    h.record_command(spec, args);
+                }
+            }
+        }
+    }
+
     pub fn remember_script(&self, body: &[u8]) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         body.hash(&mut h);
@@ -211,6 +267,13 @@ impl Worker {
         loop {
             every.tick().await;
             let now = Instant::now();
+            if let Some(hot) = &self.hot {
+                if now.duration_since(self.hot_published.get()) >= Duration::from_secs(1) {
+                    self.hot_published.set(now);
+                    let view = hot.borrow_mut().publish(now.into_std());
+                    self.shared.hotkeys.publish(self.index, view);
+                }
+            }
             let limit = self.shared.config.backend_timeout;
             // Spares of nodes gone or dead are dropped (a new one comes with the next use).
             self.spare

@@ -91,9 +91,19 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
         };
         // What the node runs (a pod may come back upgraded): INFO and HELLO report the
         // lowest version of the cluster.
-        if let Ok(r) = exchange(&mut stream, &[&[b"INFO", b"server"]], PROBE_TIMEOUT).await {
-            if let Some(v) = version_of(&r[0]) {
+        if let Ok(r) = exchange(
+            &mut stream,
+            &[&[b"INFO", b"server"], &[b"HELLO"]],
+            PROBE_TIMEOUT,
+        )
+        .await
+        {
+            if let Some(v) = r.first().and_then(|r| version_of(r)) {
                 node.set_version(v);
+            }
+            // Valkey 8.1+ announces its availability zone; Redis does not.
+            if let Some(zone) = r.get(1).and_then(|r| zone_of(r)) {
+                node.replica.set_zone(zone);
             }
         }
         loop {
@@ -103,7 +113,16 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
                     let text = String::from_utf8_lossy(&r[0]).trim().to_string();
                     verdict(&cluster, &node, false, &text);
                 }
-                Ok(_) => verdict(&cluster, &node, true, ""),
+                Ok(_) => {
+                    verdict(&cluster, &node, true, "");
+                    // Whether it can serve reads as a replica, and (as a master) how far
+                    // behind its replicas are.
+                    if let Ok(r) =
+                        exchange(&mut stream, &[&[b"INFO", b"replication"]], PROBE_TIMEOUT).await
+                    {
+                        replication(&cluster, &node, &String::from_utf8_lossy(&r[0]));
+                    }
+                }
                 Err(e) => {
                     verdict(&cluster, &node, false, &format!("PING: {e}"));
                     break;
@@ -134,4 +153,98 @@ fn version_of(reply: &[u8]) -> Option<String> {
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     })
+}
+
+/// `availability_zone` from a RESP2 `HELLO` reply (a flat array of names and values).
+fn zone_of(reply: &[u8]) -> Option<String> {
+    let frame = crate::upstream::connect::decode(reply)?;
+    let redis_protocol::resp2::types::OwnedFrame::Array(items) = frame else {
+        return None;
+    };
+    items.chunks(2).find_map(|kv| {
+        let key = crate::cluster::topology::text(kv.first()?)?;
+        (key == "availability_zone")
+            .then(|| crate::cluster::topology::text(kv.get(1)?))
+            .flatten()
+            .filter(|z| !z.is_empty())
+    })
+}
+
+/// Applies a node's `INFO replication`: as a replica, whether it is in sync with its master;
+/// as a master, each replica's acknowledgement lag (`lag=`, seconds; a replica not yet
+/// `online` gets an unbounded lag).
+fn replication(cluster: &Weak<Cluster>, node: &Node, info: &str) {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+            .map(str::trim)
+    };
+    match field("role") {
+        Some("slave") => node.replica.set_synced(
+            field("master_link_status") == Some("up")
+                && field("master_sync_in_progress") != Some("1"),
+        ),
+        Some("master") => {
+            node.replica.set_synced(false);
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            for (addr, lag) in replica_lags(info) {
+                if let Some(r) = cluster.registry.get(&addr) {
+                    r.replica.set_lag(lag);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `(host:port, lag seconds)` of every `slaveN:` line of a master's INFO replication.
+fn replica_lags(info: &str) -> Vec<(String, u32)> {
+    info.lines()
+        .filter(|l| l.starts_with("slave") && l.contains(":ip="))
+        .filter_map(|l| {
+            let (_, kv) = l.split_once(':')?;
+            let get = |k: &str| {
+                kv.split(',')
+                    .find_map(|p| p.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            };
+            let port: i64 = get("port")?.trim().parse().ok()?;
+            let addr = crate::cluster::topology::join_addr(get("ip")?, port);
+            let lag = if get("state") == Some("online") {
+                get("lag")?.trim().parse().unwrap_or(u32::MAX - 1)
+            } else {
+                u32::MAX - 1
+            };
+            Some((addr, lag))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_lags_are_read_from_a_masters_info() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+                    slave0:ip=10.0.0.5,port=6379,state=online,offset=1234,lag=0\r\n\
+                    slave1:ip=::1,port=7001,state=wait_bgsave,offset=0,lag=3\r\n\
+                    master_repl_offset:1234\r\n";
+        assert_eq!(
+            replica_lags(info),
+            vec![
+                ("10.0.0.5:6379".to_string(), 0),
+                ("[::1]:7001".to_string(), u32::MAX - 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_zone_is_read_from_hello() {
+        let with = b"*4\r\n$6\r\nserver\r\n$6\r\nvalkey\r\n$17\r\navailability_zone\r\n$10\r\nus-east-1a\r\n";
+        assert_eq!(zone_of(with).as_deref(), Some("us-east-1a"));
+        let without = b"*2\r\n$6\r\nserver\r\n$5\r\nredis\r\n";
+        assert_eq!(zone_of(without), None);
+    }
 }

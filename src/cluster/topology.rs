@@ -70,6 +70,15 @@ impl Topology {
         self.masters.get(i as usize)
     }
 
+    /// The replicas of `slot`'s master (empty when it has none, or no master).
+    #[inline]
+    pub fn replicas_for(&self, slot: u16) -> &[Arc<Node>] {
+        match self.slots.get(slot as usize) {
+            Some(&i) if i != NO_NODE => self.replicas.get(i as usize).map_or(&[], |v| &v[..]),
+            _ => &[],
+        }
+    }
+
     pub fn covered_slots(&self) -> usize {
         self.slots.iter().filter(|&&s| s != NO_NODE).count()
     }

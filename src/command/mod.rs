@@ -85,8 +85,50 @@ fn find_builtin(name: &[u8]) -> Option<&'static CommandSpec> {
 
 /// Looks up a top-level command by name, in any letter case, without allocating.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    find_builtin(name).or_else(|| find(learn::learned(), name, ""))
+    find_builtin(name)
+        .or_else(|| find(&OWN, name, ""))
+        .or_else(|| find(learn::learned(), name, ""))
 }
+
+const OWN_FLAGS: u64 = table::F_LOADING | table::F_STALE | table::F_NOSCRIPT;
+
+/// slotmux's own commands, which no Redis has (sorted by name, as the table).
+pub static OWN: [CommandSpec; 1] = [CommandSpec {
+    name: "slotmux",
+    arity: -2,
+    flags: 0,
+    acl: table::A_SLOW,
+    first_key: 0,
+    last_key: 0,
+    step: 0,
+    key_specs: &[],
+    subcommands: &OWN_SLOTMUX,
+}];
+
+static OWN_SLOTMUX: [CommandSpec; 2] = [
+    CommandSpec {
+        name: "slotmux|help",
+        arity: 2,
+        flags: OWN_FLAGS,
+        acl: table::A_SLOW,
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        key_specs: &[],
+        subcommands: &[],
+    },
+    CommandSpec {
+        name: "slotmux|hotkeys",
+        arity: -2,
+        flags: OWN_FLAGS,
+        acl: table::A_SLOW,
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        key_specs: &[],
+        subcommands: &[],
+    },
+];
 
 /// Looks up `sub` among `parent`'s subcommands (stored as "parent|sub").
 pub fn lookup_sub(parent: &'static CommandSpec, sub: &[u8]) -> Option<&'static CommandSpec> {
@@ -145,6 +187,10 @@ pub enum Local {
     SlowlogGet,
     SlowlogLen,
     SlowlogReset,
+    /// SLOTMUX HOTKEYS [COUNT n]: the sampled hot keys.
+    HotKeys,
+    /// SLOTMUX HELP.
+    SlotmuxHelp,
 }
 
 /// How slotmux handles a command, and why.
@@ -248,7 +294,8 @@ fn cache() -> &'static [Cached] {
             .collect();
         let all = table::COMMANDS
             .iter()
-            .chain(table::COMMANDS.iter().flat_map(|c| c.subcommands.iter()));
+            .chain(OWN.iter())
+            .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()));
         for c in all {
             let addr = c as *const CommandSpec as usize;
             let mut at = home(addr);
@@ -326,6 +373,8 @@ fn decide(spec: &CommandSpec) -> Handling {
         "slowlog|get" => Local(self::Local::SlowlogGet),
         "slowlog|len" => Local(self::Local::SlowlogLen),
         "slowlog|reset" => Local(self::Local::SlowlogReset),
+        "slotmux|hotkeys" => Local(self::Local::HotKeys),
+        "slotmux|help" => Local(self::Local::SlotmuxHelp),
         "xread" | "xreadgroup" => KeyedUnlessBlock,
         "command"
         | "command|count"
@@ -466,6 +515,15 @@ pub fn commands_markdown() -> String {
             row(sc);
         }
     }
+    out.push_str(
+        "\n## slotmux's own commands\n\n| command | what it answers |\n|---|---|\n\
+         | `slotmux help` | this list |\n\
+         | `slotmux hotkeys [COUNT n]` | the `n` (default 10) keys with the most requests, \
+         estimated from sampling one command in 8 (`--hotkeys on`, the default): per key its \
+         name (first 128 bytes), length, requests per second (smoothed over about 2 s), slot \
+         and master. Summed over worker threads. `/debug/hotkeys` gives the same as JSON, with \
+         the busiest slots |\n",
+    );
     out
 }
 

@@ -90,10 +90,20 @@ impl Session {
         if self.pubsub.is_some() && self.refuse_in_subscribed_state(name) {
             return;
         }
+        self.worker.sample_keys(spec, args);
         // Inside MULTI these take effect when EXEC has run them (see `tx::Echo`).
         let now_effective = self.multi.is_none();
         match spec.name {
             "script|flush" if now_effective => self.shared.scripts.clear(),
+            "function|load" => self
+                .shared
+                .functions
+                .load(args.get(args.len() - 1).unwrap_or_default()),
+            "function|delete" => self
+                .shared
+                .functions
+                .delete(args.get(2).unwrap_or_default()),
+            "function|flush" => self.shared.functions.flush(),
             "config|set" => {
                 if let Err(e) = self.config_set(args, now_effective) {
                     return self.reject(e);
@@ -126,7 +136,9 @@ impl Session {
         match route {
             Route::Transaction(_) | Route::Subscribe(_) => {}
             Route::Forward(target) => {
-                let n = self.push(Entry::One(Flight::new(frame, target, readonly)));
+                let mut f = Flight::new(frame, target, readonly);
+                f.replica = readonly && self.reads_on_replicas();
+                let n = self.push(Entry::One(f));
                 self.send(tag(n, 0), now);
             }
             Route::Info => self.info(args, frame.clone()),
@@ -157,18 +169,27 @@ impl Session {
                 }
                 let via = if plan.fresh { Via::Fresh } else { Via::Shared };
                 let replies = if plan.merge == Merge::RandomKey { 2 } else { 1 };
+                let replica = readonly && !plan.fresh && self.reads_on_replicas();
                 let parts = plan
                     .parts
                     .into_iter()
                     .map(|(t, f)| {
                         let mut f = Flight::new(f, t, readonly).via(via);
                         f.replies = replies;
+                        f.replica = replica;
                         f
                     })
                     .collect();
                 self.fan_out(plan.merge, None, plan.order, parts, frame, now);
             }
         }
+    }
+
+    /// Whether this client's reads may go to replicas now: it asked (`--read-from`,
+    /// READONLY) and holds no WATCH (a watched key is read where it is watched).
+    #[inline]
+    fn reads_on_replicas(&self) -> bool {
+        self.read_from != crate::router::ReadFrom::Master && self.watch.is_none()
     }
 
     /// CONFIG SET goes to every node: refused for the settings that are each node's own (an
@@ -232,7 +253,11 @@ impl Session {
                 .get(1)
                 .and_then(|sha| self.shared.scripts.get(sha))
                 .is_some_and(|body| no_writes_script(&body)),
-            "fcall" | "publish" | "spublish" | "pfcount" => true,
+            "fcall" => !self
+                .shared
+                .functions
+                .no_writes(args.get(1).unwrap_or_default()),
+            "publish" | "spublish" | "pfcount" => true,
             _ => spec.flags & command::table::F_WRITE != 0,
         }
     }

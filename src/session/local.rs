@@ -1,5 +1,6 @@
 //! Commands slotmux answers itself: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT
-//! SETNAME/GETNAME/ID/INFO/LIST/KILL/UNBLOCK, READONLY/READWRITE, CLUSTER KEYSLOT, SLOWLOG.
+//! SETNAME/GETNAME/ID/INFO/LIST/KILL/UNBLOCK, READONLY/READWRITE, CLUSTER KEYSLOT, SLOWLOG,
+//! SLOTMUX HOTKEYS/HELP.
 //!
 //! Owns: their replies, with Redis's own error texts, in the client's protocol version, and the
 //! per-client state they change (protocol, name, authentication).
@@ -12,6 +13,18 @@ use super::{constant_time_eq, Session};
 use crate::cluster::key_slot;
 use crate::command::{Args, Local};
 use crate::resp::write::{self, Proto};
+
+/// Most keys one SLOTMUX HOTKEYS lists.
+const HOTKEYS_MAX: usize = 1000;
+
+const SLOTMUX_HELP: [&str; 6] = [
+    "SLOTMUX <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "HOTKEYS [COUNT <count>]",
+    "    The keys with the most requests (default 10), estimated by sampling one command in 8:",
+    "    key (its first 128 bytes), length, rate (requests per second), slot, node.",
+    "HELP",
+    "    Print this help.",
+];
 
 impl Session {
     pub(super) fn local(&mut self, cmd: Local, args: Args<'_>) {
@@ -47,7 +60,16 @@ impl Session {
                     write::error(o, "ERR value is not an integer or out of range")
                 }),
             },
-            Local::ReadOnlyWrite | Local::ClientOk => self.reply_local(|o, _| write::ok(o)),
+            Local::ReadOnlyWrite => {
+                use crate::router::ReadFrom;
+                if arg(0).eq_ignore_ascii_case(b"READWRITE") {
+                    self.read_from = ReadFrom::Master;
+                } else if self.read_from == ReadFrom::Master {
+                    self.read_from = ReadFrom::PreferReplica;
+                }
+                self.reply_local(|o, _| write::ok(o))
+            }
+            Local::ClientOk => self.reply_local(|o, _| write::ok(o)),
             Local::Auth => self.auth(args),
             Local::Hello => self.hello(args),
             Local::Reset => {
@@ -58,6 +80,7 @@ impl Session {
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none();
+                self.read_from = crate::router::ReadFrom::parse(&self.shared.config.read_from);
                 self.publish_view();
                 self.reply_local(|o, _| write::simple(o, "RESET"));
             }
@@ -143,7 +166,66 @@ impl Session {
                 self.shared.slowlog.reset();
                 self.reply_local(|o, _| write::ok(o));
             }
+            Local::HotKeys => self.hotkeys(args),
+            Local::SlotmuxHelp => self.reply_local(|o, _| {
+                write::array_header(o, SLOTMUX_HELP.len());
+                for line in SLOTMUX_HELP {
+                    write::simple(o, line);
+                }
+            }),
         }
+    }
+
+    /// SLOTMUX HOTKEYS [COUNT n]: the sampled hot keys, busiest first, each with its length,
+    /// estimated requests per second, slot and the slot's master.
+    fn hotkeys(&mut self, args: Args<'_>) {
+        let mut count = 10usize;
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args.get(i).unwrap_or_default();
+            if opt.eq_ignore_ascii_case(b"COUNT") && i + 1 < args.len() {
+                match crate::resp::parse_i64(args.get(i + 1).unwrap_or_default()) {
+                    Some(n) if n > 0 => count = (n as usize).min(HOTKEYS_MAX),
+                    _ => {
+                        return self.reply_local(|o, _| {
+                            write::error(o, "ERR value is out of range, must be positive")
+                        })
+                    }
+                }
+                i += 2;
+            } else {
+                return self.reply_local(|o, _| write::error(o, "ERR syntax error"));
+            }
+        }
+        if self.shared.config.hotkeys != "on" {
+            return self.reply_local(|o, _| {
+                write::error(
+                    o,
+                    "ERR hot-key sampling is off (slotmux runs with --hotkeys off)",
+                )
+            });
+        }
+        let top = self.shared.hotkeys.top_keys(count);
+        let topo = self.topo.load().clone();
+        self.reply_local(|o, p| {
+            write::array_header(o, top.len());
+            for k in &top {
+                write::map_header(o, p, 5);
+                write::bulk(o, b"key");
+                write::bulk(o, &k.key);
+                write::bulk(o, b"length");
+                write::integer(o, k.len as i64);
+                write::bulk(o, b"rate");
+                write::integer(o, k.rate.round() as i64);
+                write::bulk(o, b"slot");
+                write::integer(o, i64::from(k.slot));
+                write::bulk(o, b"node");
+                match topo.master_for(k.slot) {
+                    Some(n) => write::bulk(o, n.addr.as_bytes()),
+                    None => write::null(o, p),
+                }
+            }
+        });
     }
 
     /// CLIENT PAUSE timeout [WRITE|ALL]: slotmux holds its own clients' commands (writes, or

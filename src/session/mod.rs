@@ -96,6 +96,8 @@ pub struct Session {
     monitor: Option<monitor::Monitor>,
     /// The command being handled gets no reply (CLIENT REPLY OFF, or SKIP before it).
     silent: bool,
+    /// Where this client's reads go (`--read-from`, then READONLY/READWRITE).
+    read_from: crate::router::ReadFrom,
 }
 
 /// CLIENT REPLY's state.
@@ -154,7 +156,9 @@ impl Session {
             held: None,
             monitor: None,
             silent: false,
+            read_from: crate::router::ReadFrom::Master,
         };
+        s.read_from = crate::router::ReadFrom::parse(&s.shared.config.read_from);
         let cfg = s.shared.config.clone();
         let mut scanner = RequestScanner::new(Limits {
             max_bulk_len: cfg.proto_max_bulk_len.min(usize::MAX as u64) as usize,

@@ -27,6 +27,8 @@ pub(super) fn is_monitor_tag(tag: u64) -> bool {
 pub(super) struct Monitor {
     /// Held so the connections live as long as the client monitors.
     _streams: Vec<OwnedLink>,
+    /// Counts this client in `Shared::monitors` while it monitors.
+    _counted: Option<crate::shared::Permit>,
     /// The `+OK` of each node's MONITOR is swallowed: one per stream.
     oks_left: Vec<bool>,
     /// The client's `+OK`, answered once every master monitors.
@@ -57,6 +59,7 @@ impl Session {
         let reply = (n > 0).then(|| self.push(Entry::Waiting));
         self.monitor = Some(Monitor {
             _streams: streams,
+            _counted: crate::shared::Permit::try_take(&self.shared.monitors, usize::MAX),
             oks_left: vec![true; n],
             reply,
         });

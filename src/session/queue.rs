@@ -90,6 +90,8 @@ pub(super) struct Flight {
     pub sent_at: Option<Instant>,
     /// SCAN: the keys of the masters already scanned in this call.
     pub scanned: Vec<Bytes>,
+    /// A read the client allows on a replica (`--read-from`, READONLY).
+    pub replica: bool,
 }
 
 impl Flight {
@@ -115,6 +117,7 @@ impl Flight {
             keyed: None,
             sent_at: None,
             scanned: Vec::new(),
+            replica: false,
         }
     }
 

@@ -261,6 +261,7 @@ impl Session {
         let watch = self.watch.take();
         self.publish_view();
         if m.aborted {
+            self.show_aborted_to_monitors(m.slot);
             return self.reply_error(ProxyError::redis(EXECABORT));
         }
         if watch.as_ref().is_some_and(|w| w.broken) {
@@ -291,6 +292,30 @@ impl Session {
         }
         let now = self.now;
         self.send(tag(n, 0), now);
+    }
+
+    /// A transaction refused while queueing never reaches a node, but Redis shows its
+    /// `multi` and `exec` to MONITOR clients: while anyone monitors, an empty MULTI/EXEC goes
+    /// to the transaction's master (replies ignored), so they see it as from one Redis.
+    fn show_aborted_to_monitors(&mut self, slot: Option<u16>) {
+        if self
+            .shared
+            .monitors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            return;
+        }
+        let topo = self.topo.load().clone();
+        let node = match slot {
+            Some(s) => topo.master_for(s),
+            None => topo.any_master(0),
+        };
+        if let Some(node) = node {
+            if let Ok(link) = self.worker.link(node, self.proto, 0) {
+                let _ = link.send_silent_n(b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n", 2);
+            }
+        }
     }
 
     /// The transaction `tag` is over without running (aborted, failed): nothing to repeat.

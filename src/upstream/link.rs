@@ -269,6 +269,11 @@ impl Link {
         self.queue(frame, false, None, Instant::now(), 1)
     }
 
+    /// [`Link::send_silent`] for `frame` holding `replies` commands.
+    pub fn send_silent_n(&self, frame: &[u8], replies: u32) -> Result<(), UpstreamError> {
+        self.queue(frame, false, None, Instant::now(), replies.max(1))
+    }
+
     fn queue(
         &self,
         frame: &[u8],

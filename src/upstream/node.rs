@@ -100,6 +100,59 @@ pub struct Node {
     forgotten: AtomicBool,
     /// The version the node reports (`INFO server`), learned by the health probe.
     version: Mutex<Option<String>>,
+    /// Whether the node, as a replica, may serve reads (learned by the health probes).
+    pub replica: ReplicaState,
+}
+
+/// What the health probes learned of a node as a replica. Read per routed read with relaxed
+/// loads (no lock); written about once a second.
+#[derive(Debug)]
+pub struct ReplicaState {
+    /// Its own `INFO replication`: `master_link_status:up` and no sync in progress.
+    synced: AtomicBool,
+    /// Seconds since its master last had its acknowledgement (the master's `lag`);
+    /// `u32::MAX` while no master reported it.
+    lag_secs: AtomicU32,
+    /// The availability zone it announces (Valkey 8.1+, in HELLO).
+    zone: OnceLock<String>,
+}
+
+impl Default for ReplicaState {
+    fn default() -> Self {
+        ReplicaState {
+            synced: AtomicBool::new(false),
+            lag_secs: AtomicU32::new(u32::MAX),
+            zone: OnceLock::new(),
+        }
+    }
+}
+
+impl ReplicaState {
+    pub(crate) fn set_synced(&self, synced: bool) {
+        self.synced.store(synced, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_lag(&self, secs: u32) {
+        self.lag_secs.store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_zone(&self, zone: String) {
+        let _ = self.zone.set(zone);
+    }
+
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.get().map(String::as_str)
+    }
+
+    /// Synced with its master, and acknowledged within `max_lag_secs` when a master said.
+    #[inline]
+    pub fn serves_reads(&self, max_lag_secs: u32) -> bool {
+        if !self.synced.load(Ordering::Relaxed) {
+            return false;
+        }
+        let lag = self.lag_secs.load(Ordering::Relaxed);
+        lag == u32::MAX || lag <= max_lag_secs
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -202,6 +255,7 @@ impl Registry {
                     metrics: self.metrics.node(addr),
                     forgotten: AtomicBool::new(false),
                     version: Mutex::new(None),
+                    replica: ReplicaState::default(),
                 })
             })
             .clone()

@@ -461,6 +461,63 @@ fn node_restart_is_followed() {
 }
 
 #[test]
+fn reads_leave_a_dead_replica() {
+    let (_g, c) = cluster();
+    let prefer = Proxy::with_config(c, |cfg| cfg.read_from = "prefer-replica".into());
+    let strict = Proxy::with_config(c, |cfg| {
+        cfg.read_from = "replica".into();
+        cfg.retry_budget = Duration::from_secs(2);
+    });
+    let key = "readfrom:{dead-replica}";
+    let slot = slotmux::cluster::key_slot(key.as_bytes());
+    let master = c.owner_of(slot);
+    let replica = c.replica_of(master);
+    let mut con = prefer.conn();
+    let _: () = redis::cmd("SET").arg(key).arg("v").query(&mut con).unwrap();
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut con).unwrap();
+    assert_eq!(acked, 1);
+    prefer.wait_replica_ready(slot);
+    strict.wait_replica_ready(slot);
+    let mut strict_con = strict.conn();
+    for con in [&mut con, &mut strict_con] {
+        let v: String = redis::cmd("GET").arg(key).query(con).unwrap();
+        assert_eq!(v, "v");
+    }
+    wait_until(
+        "the first read on the replica",
+        Duration::from_secs(10),
+        || prefer.sent_to(replica) >= 1.0,
+    );
+
+    c.kill(replica);
+    // prefer-replica: every read is answered, by the master once the replica is known dead
+    // (a read caught on the dead replica's connection is safe to retry).
+    let to_master = prefer.sent_to(master);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let v: String = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+        assert_eq!(v, "v");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_until("reads on the master", Duration::from_secs(10), || {
+        prefer.sent_to(master) > to_master
+    });
+    // replica: the read fails, with an error that says why, after the retry budget.
+    let e = redis::cmd("GET")
+        .arg(key)
+        .query::<String>(&mut strict_con)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no replica of slot"), "{e}");
+
+    c.restart(replica);
+    c.wait_healthy();
+    strict.wait_replica_ready(slot);
+    let v: String = redis::cmd("GET").arg(key).query(&mut strict_con).unwrap();
+    assert_eq!(v, "v");
+}
+
+#[test]
 fn subscriber_is_resubscribed_after_its_node_dies() {
     use std::io::Write;
     let (_g, c) = cluster();

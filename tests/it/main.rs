@@ -6,10 +6,12 @@ mod support;
 
 mod basic;
 mod hostile;
+mod hotkeys;
 mod multikey;
 mod ops;
 mod pubsub;
 mod redirects;
+mod replicas;
 mod resp3;
 mod txblock;
 mod txmoves;

@@ -598,6 +598,22 @@ impl RedisCluster {
     }
 
     /// Kills a node with SIGKILL.
+    /// The port of a replica of the master on `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> u16 {
+        let nodes = raw_cmd(master_port, &["CLUSTER", "NODES"]);
+        let lines = node_lines(&nodes);
+        let id = lines
+            .iter()
+            .find(|l| l.port == master_port)
+            .map(|l| l.id.to_string())
+            .unwrap_or_else(|| panic!("no node {master_port}\n{}", self.diagnose()));
+        lines
+            .iter()
+            .find(|l| l.master == id && l.flags.contains("slave"))
+            .map(|l| l.port)
+            .unwrap_or_else(|| panic!("{master_port} has no replica\n{}", self.diagnose()))
+    }
+
     pub fn kill(&self, port: u16) {
         let mut nodes = self.nodes.lock().unwrap();
         let n = nodes.iter_mut().find(|n| n.port == port).unwrap();
@@ -786,6 +802,27 @@ impl Proxy {
         wait_until("slotmux to be ready", Duration::from_secs(20), || {
             self.shared.readiness().is_ok()
         });
+    }
+
+    /// Waits until slotmux knows a replica of `slot`'s master that can serve reads (Redis
+    /// 7.0 lists a replica in CLUSTER SLOTS once it has replicated something; the probes then
+    /// say it is in sync).
+    pub fn wait_replica_ready(&self, slot: u16) {
+        wait_until(
+            "a replica that serves reads",
+            Duration::from_secs(20),
+            || {
+                slotmux::router::replica_for(&self.shared.cluster.snapshot(), slot, 0, 10, None)
+                    .is_some()
+            },
+        );
+    }
+
+    /// Requests slotmux sent to the node on `port` (its counter in /metrics).
+    pub fn sent_to(&self, port: u16) -> f64 {
+        self.metric(&format!(
+            "slotmux_backend_requests_total{{node=\"127.0.0.1:{port}\"}}"
+        ))
     }
 
     pub fn url(&self) -> String {
