@@ -401,6 +401,51 @@ mod tests {
     use crate::command::args_of;
 
     #[test]
+    fn replicas_serve_reads_only_when_in_sync_and_in_zone_first() {
+        use crate::cluster::topology::SlotRange;
+        use crate::upstream::connect::ConnSettings;
+        use std::time::Duration;
+        let registry = crate::upstream::Registry::new(
+            Arc::new(crate::metrics::Metrics::new()),
+            ConnSettings {
+                connect_timeout: Duration::from_secs(1),
+                reply_timeout: Duration::from_secs(1),
+                user: None,
+                password: None,
+            },
+        );
+        let ranges = [SlotRange {
+            start: 0,
+            end: 16383,
+            master: "m:1".into(),
+            replicas: vec!["r:1".into(), "r:2".into(), "r:3".into()],
+        }];
+        let t = Topology::build(&ranges, &registry, "m:1".into(), 1);
+        let pick = |spread, zone| replica_for(&t, 7, spread, 10, zone).map(|n| n.addr.to_string());
+        // Nothing known from the probes yet: no replica serves.
+        assert_eq!(pick(0, None), None);
+        let r = |a: &str| registry.get(a).unwrap();
+        r("r:1").replica.set_synced(true);
+        r("r:2").replica.set_synced(true);
+        assert_eq!(pick(0, None).as_deref(), Some("r:1"));
+        assert_eq!(pick(1, None).as_deref(), Some("r:2"));
+        // Lagging beyond 10 s: out.
+        r("r:2").replica.set_lag(11);
+        assert_eq!(pick(1, None).as_deref(), Some("r:1"));
+        r("r:2").replica.set_lag(0);
+        // A zone with a replica in it wins; a zone with none falls back to every replica.
+        r("r:3").replica.set_synced(true);
+        r("r:3").replica.set_zone("az-b".into());
+        assert_eq!(pick(0, Some("az-b")).as_deref(), Some("r:3"));
+        assert_eq!(pick(5, Some("az-b")).as_deref(), Some("r:3"));
+        assert_eq!(pick(2, Some("az-c")).as_deref(), Some("r:3"));
+        assert_eq!(pick(0, Some("az-c")).as_deref(), Some("r:1"));
+        // Down by the probe: out.
+        r("r:3").health().probe_failed();
+        assert_eq!(pick(0, Some("az-b")).as_deref(), Some("r:1"));
+    }
+
+    #[test]
     fn mget_split_keeps_client_order() {
         let (f, r) = args_of(&["MGET", "a", "b", "{a}x", "c"]);
         let plan = split_by_slot(

@@ -45,6 +45,8 @@ pub(super) struct Watch {
 pub(super) struct Multi {
     /// `MULTI` and the queued commands, back to back.
     batch: BytesMut,
+    /// Bytes of the client's own MULTI at the start of `batch`.
+    multi_len: usize,
     count: u32,
     /// The slot of the transaction's keys (all must share one, so a replay after a slot
     /// moved can go to one node).
@@ -112,6 +114,7 @@ impl Multi {
         batch.extend_from_slice(multi);
         Multi {
             batch,
+            multi_len: multi.len(),
             count: 0,
             slot: None,
             aborted: false,
@@ -261,7 +264,7 @@ impl Session {
         let watch = self.watch.take();
         self.publish_view();
         if m.aborted {
-            self.show_aborted_to_monitors(m.slot);
+            self.show_aborted_to_monitors(m.slot, &m.batch[..m.multi_len], exec);
             return self.reply_error(ProxyError::redis(EXECABORT));
         }
         if watch.as_ref().is_some_and(|w| w.broken) {
@@ -295,9 +298,10 @@ impl Session {
     }
 
     /// A transaction refused while queueing never reaches a node, but Redis shows its
-    /// `multi` and `exec` to MONITOR clients: while anyone monitors, an empty MULTI/EXEC goes
-    /// to the transaction's master (replies ignored), so they see it as from one Redis.
-    fn show_aborted_to_monitors(&mut self, slot: Option<u16>) {
+    /// `multi` and `exec` to MONITOR clients: while anyone monitors, the client's MULTI and
+    /// EXEC, with nothing between, go to the transaction's master (replies ignored), so they
+    /// see it as from one Redis.
+    fn show_aborted_to_monitors(&mut self, slot: Option<u16>, multi: &[u8], exec: &[u8]) {
         if self
             .shared
             .monitors
@@ -313,7 +317,10 @@ impl Session {
         };
         if let Some(node) = node {
             if let Ok(link) = self.worker.link(node, self.proto, 0) {
-                let _ = link.send_silent_n(b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n", 2);
+                let mut frame = Vec::with_capacity(multi.len() + exec.len());
+                frame.extend_from_slice(multi);
+                frame.extend_from_slice(exec);
+                let _ = link.send_silent_n(&frame, 2);
             }
         }
     }
