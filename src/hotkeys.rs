@@ -356,7 +356,11 @@ mod tests {
         assert!((top.rate - 32_000.0).abs() < 1.0, "{}", top.rate);
         // Slot rates are smoothed from zero: the first second counts half.
         let slot = key_slot(b"hot");
-        assert!(v.slots.iter().any(|&(s, r)| s == slot && r >= 16_000.0), "{:?}", v.slots);
+        assert!(
+            v.slots.iter().any(|&(s, r)| s == slot && r >= 16_000.0),
+            "{:?}",
+            v.slots
+        );
     }
 
     #[test]

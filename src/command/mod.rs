@@ -93,42 +93,32 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
 const OWN_FLAGS: u64 = table::F_LOADING | table::F_STALE | table::F_NOSCRIPT;
 
 /// slotmux's own commands, which no Redis has (sorted by name, as the table).
-pub static OWN: [CommandSpec; 1] = [CommandSpec {
-    name: "slotmux",
-    arity: -2,
-    flags: 0,
-    acl: table::A_SLOW,
-    first_key: 0,
-    last_key: 0,
-    step: 0,
-    key_specs: &[],
-    subcommands: &OWN_SLOTMUX,
-}];
+pub static OWN: [CommandSpec; 1] = [own("slotmux", -2, 0, &OWN_SLOTMUX)];
 
 static OWN_SLOTMUX: [CommandSpec; 2] = [
-    CommandSpec {
-        name: "slotmux|help",
-        arity: 2,
-        flags: OWN_FLAGS,
-        acl: table::A_SLOW,
-        first_key: 0,
-        last_key: 0,
-        step: 0,
-        key_specs: &[],
-        subcommands: &[],
-    },
-    CommandSpec {
-        name: "slotmux|hotkeys",
-        arity: -2,
-        flags: OWN_FLAGS,
-        acl: table::A_SLOW,
-        first_key: 0,
-        last_key: 0,
-        step: 0,
-        key_specs: &[],
-        subcommands: &[],
-    },
+    own("slotmux|help", 2, OWN_FLAGS, &[]),
+    own("slotmux|hotkeys", -2, OWN_FLAGS, &[]),
 ];
+
+/// A keyless command of slotmux's own.
+const fn own(
+    name: &'static str,
+    arity: i32,
+    flags: u64,
+    subcommands: &'static [CommandSpec],
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        flags,
+        acl: table::A_SLOW,
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        key_specs: &[],
+        subcommands,
+    }
+}
 
 /// Looks up `sub` among `parent`'s subcommands (stored as "parent|sub").
 pub fn lookup_sub(parent: &'static CommandSpec, sub: &[u8]) -> Option<&'static CommandSpec> {

@@ -38,18 +38,16 @@ impl Session {
         }
         let redirect = f.redirect.take();
         let topo = self.topo.load();
-        if redirect.is_none() && f.replica {
-            if let Target::Slot(s) = f.target {
+        // A read the client allows on a replica: one that can serve, if any.
+        let replica = match (&redirect, f.replica, &f.target) {
+            (None, true, Target::Slot(s)) => {
                 let cfg = &self.shared.config;
                 let max_lag = cfg.replica_max_lag.as_secs().min(u64::from(u32::MAX - 2)) as u32;
                 let zone = cfg.availability_zone.as_deref();
-                match router::replica_for(topo, s, self.id as usize, max_lag, zone) {
-                    Some(node) => {
-                        let node = node.clone();
-                        return self.send_to_replica(tag, node, now);
-                    }
+                match router::replica_for(topo, *s, self.id as usize, max_lag, zone) {
+                    Some(n) => Some(n),
                     None if self.read_from == crate::router::ReadFrom::Replica => {
-                        let e = ProxyError::NoReplica(s);
+                        let e = ProxyError::NoReplica(*s);
                         return self.retry_later(
                             tag,
                             e.frame(),
@@ -57,13 +55,15 @@ impl Session {
                             RetryReason::Unreachable,
                         );
                     }
-                    None => {}
+                    None => None,
                 }
             }
-        }
-        let (node, asking): (&Arc<Node>, bool) = match &redirect {
-            Some((n, ask)) => (n, *ask),
-            None => match &f.target {
+            _ => None,
+        };
+        let (node, asking): (&Arc<Node>, bool) = match (&redirect, replica) {
+            (Some((n, ask)), _) => (n, *ask),
+            (None, Some(r)) => (r, false),
+            (None, None) => match &f.target {
                 Target::Slot(s) => match topo.master_for(*s) {
                     Some(n) => (n, false),
                     None => return self.no_master(tag),
@@ -75,7 +75,13 @@ impl Session {
                 Target::Node(n) => (n, false),
             },
         };
-        let sent = match self.worker.link(node, self.proto, self.id as usize) {
+        // Replica reads use links of their own kind, which sent READONLY first.
+        let link = if replica.is_some() {
+            self.worker.replica_link(node, self.proto, self.id as usize)
+        } else {
+            self.worker.link(node, self.proto, self.id as usize)
+        };
+        let sent = match link {
             Ok(link) => match link.send_batch(&f.frame, asking, tag, &self.inbox, now, f.replies) {
                 Ok(()) => {
                     f.state = FlightState::InFlight;
@@ -98,32 +104,6 @@ impl Session {
             .cluster
             .request_refresh(RefreshReason::NodeFailure);
         self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
-    }
-
-    /// A read on a replica's shared link (its own kind, after READONLY). A MOVED from the
-    /// replica (the slot moved) is followed like any other, to the master it names.
-    fn send_to_replica(&mut self, tag: u64, node: Arc<Node>, now: Instant) {
-        let Some(f) = self.queue.flight_mut(tag) else {
-            return;
-        };
-        let sent = match self
-            .worker
-            .replica_link(&node, self.proto, self.id as usize)
-        {
-            Ok(link) => match link.send_batch(&f.frame, false, tag, &self.inbox, now, f.replies) {
-                Ok(()) => {
-                    f.state = FlightState::InFlight;
-                    f.link = Some(link);
-                    true
-                }
-                Err(_) => false,
-            },
-            Err(_) => false,
-        };
-        if !sent {
-            let e = ProxyError::Unreachable(node.addr.clone());
-            self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
-        }
     }
 
     /// No master for the request's slot: wait for the topology, unless there never was one.
