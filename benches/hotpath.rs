@@ -308,7 +308,7 @@ fn end_to_end_allocs(n: u64) {
             .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let shared = slotmux::Shared::start(cfg);
+            let shared = slotmux::Shared::start(cfg).unwrap();
             tx.send((l.local_addr().unwrap(), shared.clone())).unwrap();
             slotmux::serve(l, shared, async {
                 let _ = stop_rx.await;

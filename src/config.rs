@@ -15,9 +15,55 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_CONFIG")]
     pub config: Option<std::path::PathBuf>,
 
-    /// Address clients connect to.
+    /// Address clients connect to in plain text; "off" leaves only `--tls-listen`.
     #[arg(long, env = "SLOTMUX_LISTEN", default_value = "127.0.0.1:6379")]
     pub listen: String,
+
+    /// Address clients connect to with TLS (beside `--listen`, as Redis's `tls-port` beside
+    /// `port`). Needs `--tls-cert-file` and `--tls-key-file`.
+    #[arg(long, env = "SLOTMUX_TLS_LISTEN")]
+    pub tls_listen: Option<String>,
+
+    /// PEM certificate (chain) slotmux presents to TLS clients. Re-read when the file changes.
+    #[arg(long, env = "SLOTMUX_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of `--tls-cert-file`.
+    #[arg(long, env = "SLOTMUX_TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate(s) that client certificates must be signed by.
+    #[arg(long, env = "SLOTMUX_TLS_CA_CERT_FILE")]
+    pub tls_ca_cert_file: Option<std::path::PathBuf>,
+
+    /// Client certificates, as Redis's `tls-auth-clients`: yes (required), no, optional
+    /// (checked when presented). Default: yes when `--tls-ca-cert-file` is given, else no.
+    #[arg(long, env = "SLOTMUX_TLS_AUTH_CLIENTS", value_parser = ["yes", "no", "optional"])]
+    pub tls_auth_clients: Option<String>,
+
+    /// Connect to the cluster's nodes with TLS (their `tls-port`; the cluster must announce
+    /// it, with `tls-cluster yes`).
+    #[arg(long, env = "SLOTMUX_BACKEND_TLS")]
+    pub backend_tls: bool,
+
+    /// PEM CA certificate(s) the nodes' certificates must be signed by (needed with
+    /// `--backend-tls`).
+    #[arg(long, env = "SLOTMUX_BACKEND_TLS_CA_CERT_FILE")]
+    pub backend_tls_ca_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate slotmux presents to the nodes (Redis asks for one by default:
+    /// `tls-auth-clients yes`).
+    #[arg(long, env = "SLOTMUX_BACKEND_TLS_CERT_FILE")]
+    pub backend_tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of `--backend-tls-cert-file`.
+    #[arg(long, env = "SLOTMUX_BACKEND_TLS_KEY_FILE")]
+    pub backend_tls_key_file: Option<std::path::PathBuf>,
+
+    /// The name checked in every node's certificate. Default: the host of the address the
+    /// cluster announces (usually an IP, which the certificate must then list).
+    #[arg(long, env = "SLOTMUX_BACKEND_TLS_SERVER_NAME")]
+    pub backend_tls_server_name: Option<String>,
 
     /// Cluster nodes to learn the topology from, comma-separated host:port. DNS names (e.g. a
     /// Kubernetes Service) are re-resolved at every topology refresh.
@@ -191,6 +237,63 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The client-facing TLS files, when `--tls-listen` is set.
+    pub fn tls_server_files(
+        &self,
+    ) -> Result<Option<crate::tls::ServerFiles>, crate::tls::TlsError> {
+        use crate::tls::{AuthClients, TlsError};
+        if self.tls_listen.is_none() {
+            return Ok(None);
+        }
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return Err(TlsError::Config(
+                "--tls-listen needs --tls-cert-file and --tls-key-file".into(),
+            ));
+        };
+        let auth = match (self.tls_auth_clients.as_deref(), &self.tls_ca_cert_file) {
+            (Some("no"), _) | (None, None) => AuthClients::No,
+            (Some("optional"), Some(_)) => AuthClients::Optional,
+            (Some("yes") | None, Some(_)) => AuthClients::Yes,
+            _ => {
+                return Err(TlsError::Config(
+                    "--tls-auth-clients yes/optional needs --tls-ca-cert-file".into(),
+                ))
+            }
+        };
+        Ok(Some(crate::tls::ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: self.tls_ca_cert_file.clone(),
+            auth,
+        }))
+    }
+
+    /// The backend TLS files, when `--backend-tls` is set.
+    pub fn tls_backend_files(
+        &self,
+    ) -> Result<Option<crate::tls::BackendFiles>, crate::tls::TlsError> {
+        use crate::tls::TlsError;
+        if !self.backend_tls {
+            return Ok(None);
+        }
+        let Some(ca) = &self.backend_tls_ca_cert_file else {
+            return Err(TlsError::Config(
+                "--backend-tls needs --backend-tls-ca-cert-file (slotmux has no built-in CA list)"
+                    .into(),
+            ));
+        };
+        if self.backend_tls_cert_file.is_some() != self.backend_tls_key_file.is_some() {
+            return Err(TlsError::Config(
+                "--backend-tls-cert-file and --backend-tls-key-file go together".into(),
+            ));
+        }
+        Ok(Some(crate::tls::BackendFiles {
+            ca: ca.clone(),
+            cert: self.backend_tls_cert_file.clone(),
+            key: self.backend_tls_key_file.clone(),
+        }))
+    }
+
     /// Parses flags, environment and the optional `--config` file, with that precedence.
     pub fn load() -> Result<Config, ConfigError> {
         Self::load_from(std::env::args().collect())

@@ -26,6 +26,7 @@
 //! - [`upstream`]: nodes, worker-local backend links, cold-path queries.
 //! - [`info`]: INFO sections.
 //! - [`slowlog`]: SLOWLOG entries for commands above `--slowlog-threshold`.
+//! - [`tls`]: certificates for both sides, reloaded when their files change.
 //! - [`hotkeys`]: sampled hot keys and busiest slots (`SLOTMUX HOTKEYS`, `/debug/hotkeys`).
 //! - [`metrics`]: every Prometheus metric, per-session and per-link counts flushed periodically.
 //! - [`http`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`, `/debug/hotkeys`.
@@ -47,11 +48,12 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod slowlog;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 
 pub use config::Config;
-pub use server::{run, serve};
+pub use server::{run, serve, serve_on, Listeners};
 pub use shared::Shared;
 
 /// The Redis version slotmux presents itself as (in HELLO and INFO): the version whose

@@ -32,15 +32,32 @@ fn main() {
         }
     };
     let code = rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&config.listen).await {
-            Ok(l) => l,
+        let mut listeners = slotmux::Listeners::default();
+        for (addr, tls) in [(Some(&config.listen), false), (config.tls_listen.as_ref(), true)] {
+            let Some(addr) = addr.filter(|a| *a != "off") else {
+                continue;
+            };
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) if tls => listeners.tls = Some(l),
+                Ok(l) => listeners.plain = Some(l),
+                Err(e) => {
+                    tracing::error!(listen = %addr, error = %e, "cannot listen");
+                    return 1;
+                }
+            }
+        }
+        if listeners.plain.is_none() && listeners.tls.is_none() {
+            tracing::error!("--listen off needs --tls-listen: nothing to listen on");
+            return 2;
+        }
+        tracing::info!(config = %config.redacted(), "slotmux {} starting", env!("CARGO_PKG_VERSION"));
+        let shared = match slotmux::Shared::start(config.clone()) {
+            Ok(s) => s,
             Err(e) => {
-                tracing::error!(listen = %config.listen, error = %e, "cannot listen");
-                return 1;
+                tracing::error!(error = %e, "TLS setup failed");
+                return 2;
             }
         };
-        tracing::info!(config = %config.redacted(), "slotmux {} starting", env!("CARGO_PKG_VERSION"));
-        let shared = slotmux::Shared::start(config.clone());
         if config.metrics_listen != "off" {
             match tokio::net::TcpListener::bind(&config.metrics_listen).await {
                 Ok(l) => {
@@ -52,7 +69,7 @@ fn main() {
                 }
             }
         }
-        slotmux::serve(listener, shared, shutdown_signal()).await;
+        slotmux::serve_on(listeners, shared, shutdown_signal()).await;
         0
     });
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -157,6 +157,8 @@ pub struct Metrics {
     unreachable: IntGauge,
     blocked: IntGauge,
     output_limit: Counter,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> Counter {
@@ -221,6 +223,8 @@ impl Metrics {
             unreachable: reg(&r, gauge("slotmux_masters_unreachable", "Masters whose last connection attempt failed")),
             blocked: reg(&r, gauge("slotmux_blocked_clients", "Clients waiting in a blocking command on a connection of their own")),
             output_limit: reg(&r, counter("slotmux_output_limit_disconnects_total", "Subscribers disconnected for not reading (pub/sub output limit)")),
+            tls_handshake_failures: reg(&r, cvec("slotmux_tls_handshake_failures_total", "TLS handshakes that failed (bad or expired certificate, plain text on a TLS port, timeout), by side: client or backend", &["side"])),
+            tls_reloads: reg(&r, cvec("slotmux_tls_reloads_total", "Certificate files re-read after they changed, by side: client or backend (new connections use them)", &["side"])),
             registry: r,
         }
     }

@@ -412,6 +412,7 @@ mod tests {
                 reply_timeout: Duration::from_secs(1),
                 user: None,
                 password: None,
+                tls: None,
             },
         );
         let ranges = [SlotRange {

@@ -19,13 +19,51 @@ use crate::shared::{Permit, Shared};
 use crate::worker::{Incoming, Workers};
 
 /// Runs slotmux on `listener` until `shutdown` resolves, then drains.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let shared = Shared::start(config);
-    serve(listener, shared, shutdown).await
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), crate::tls::TlsError> {
+    let shared = Shared::start(config)?;
+    serve(listener, shared, shutdown).await;
+    Ok(())
 }
 
-/// Serves clients with already-built shared state (tests use this to inspect it).
+/// The sockets clients connect to: plain (`--listen`), TLS (`--tls-listen`), or both.
+#[derive(Default)]
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+}
+
+/// Serves plain-text clients with already-built shared state (tests use this to inspect it).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    serve_on(
+        Listeners {
+            plain: Some(listener),
+            tls: None,
+        },
+        shared,
+        shutdown,
+    )
+    .await
+}
+
+async fn accept(
+    l: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves clients on every listener given until `shutdown` resolves, then drains.
+pub async fn serve_on(
+    listeners: Listeners,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
     let threads = shared
         .config
         .threads
@@ -42,7 +80,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => {
+            accepted = async {
+                tokio::select! {
+                    r = accept(&listeners.plain) => (r, false),
+                    r = accept(&listeners.tls) => (r, true),
+                }
+            } => {
+                let (accepted, tls) = accepted;
                 let (stream, peer) = match accepted {
                     Ok(x) => { backoff = Duration::from_millis(5); x }
                     Err(e) => {
@@ -55,17 +99,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 };
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let Some(permit) = Permit::try_take(&shared.clients, shared.config.maxclients) else {
-                    refuse(&shared, stream, peer);
+                    refuse(&shared, stream, peer, tls);
                     continue;
                 };
                 match stream.into_std() {
-                    Ok(stream) => workers.hand_over(Incoming { stream, peer, permit }),
+                    Ok(stream) => workers.hand_over(Incoming { stream, peer, permit, tls }),
                     Err(e) => tracing::warn!(client = %peer, error = %e, "cannot hand the client to a worker"),
                 }
             }
         }
     }
-    drop(listener);
+    drop(listeners);
     workers.drain();
     let deadline = Instant::now() + shared.config.drain_timeout;
     while shared.clients.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -81,7 +125,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 }
 
 /// Redis's answer beyond `maxclients`, with at most one log line a second.
-fn refuse(shared: &Shared, mut stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+fn refuse(
+    shared: &Shared,
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: bool,
+) {
     let n = shared
         .stats
         .rejected_maxclients
@@ -89,6 +138,10 @@ fn refuse(shared: &Shared, mut stream: tokio::net::TcpStream, peer: std::net::So
     let now = shared.started.elapsed().as_secs();
     if shared.stats.last_reject_log.swap(now, Ordering::Relaxed) != now {
         tracing::warn!(client = %peer, rejected_total = n + 1, maxclients = shared.config.maxclients, "refusing client: max number of clients reached");
+    }
+    if tls {
+        // Redis's words would be plain text on a TLS port: closing says enough there.
+        return;
     }
     tokio::spawn(async move {
         let _ = stream

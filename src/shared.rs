@@ -210,12 +210,16 @@ pub struct Shared {
     /// The workers' channels, to tell every session of an unpause.
     pub workers:
         std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<crate::worker::WorkerMsg>>>,
+    /// TLS configurations (client-facing, backend), reloaded when their files change.
+    pub tls: crate::tls::Tls,
 }
 
 impl Shared {
     /// Builds the shared state and starts the topology refresher (needs a Tokio runtime).
-    pub fn start(config: Config) -> Arc<Shared> {
+    pub fn start(config: Config) -> Result<Arc<Shared>, crate::tls::TlsError> {
         let metrics = Arc::new(Metrics::new());
+        let tls = crate::tls::Tls::load(&config, &metrics)?;
+        tls.spawn_watcher();
         let registry = Registry::new(
             metrics.clone(),
             ConnSettings {
@@ -223,6 +227,7 @@ impl Shared {
                 reply_timeout: config.backend_timeout,
                 user: config.backend_user.clone(),
                 password: config.backend_password.clone(),
+                tls: tls.backend.clone(),
             },
         );
         let cluster = Cluster::new(
@@ -253,9 +258,10 @@ impl Shared {
             hotkeys: crate::hotkeys::HotKeys::default(),
             functions: crate::functions::Functions::default(),
             workers: std::sync::OnceLock::new(),
+            tls,
         });
         shared.spawn_ops_ticker();
-        shared
+        Ok(shared)
     }
 
     /// Samples the command counter once a second for INFO's instantaneous_ops_per_sec.

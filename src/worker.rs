@@ -306,6 +306,8 @@ pub struct Incoming {
     pub stream: std::net::TcpStream,
     pub peer: SocketAddr,
     pub permit: Permit,
+    /// Came in on `--tls-listen`.
+    pub tls: bool,
 }
 
 struct Handle {
@@ -452,7 +454,7 @@ async fn worker_main(
         let guard = LoadGuard(load.clone());
         let (w, permit) = (worker.clone(), inc.permit);
         tokio::task::spawn_local(async move {
-            Session::run(w, stream, inc.peer).await;
+            Session::run(w, stream, inc.peer, inc.tls).await;
             drop(permit);
             drop(guard);
         });

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -112,12 +112,38 @@ enum ReplyMode {
 impl Session {
     /// Serves one client until it quits, breaks the protocol, is killed, or shutdown drains
     /// it.
-    pub async fn run(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) {
-        let shared = worker.shared.clone();
+    /// `tls`: the client came in on `--tls-listen`; the handshake runs here, on the worker.
+    pub async fn run(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream) as i64;
+        if !tls {
+            let mut stream = stream;
+            let (rd, wr) = stream.split();
+            return Self::serve(worker, rd, wr, (peer, local, fd), false).await;
+        }
+        let Some(server) = worker.shared.tls.server.clone() else {
+            return;
+        };
+        if let Some(stream) = server.accept(stream, peer).await {
+            // One TLS state for both directions: the halves share it behind a lock that only
+            // this task takes.
+            let (rd, wr) = tokio::io::split(stream);
+            Self::serve(worker, rd, wr, (peer, local, fd), true).await
+        }
+    }
+
+    /// The session loop over a connection's two halves. `flushes`: writes may leave bytes
+    /// buffered in the stream (TLS records), which a flush pushes out.
+    async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        worker: Rc<Worker>,
+        mut rd: R,
+        mut wr: W,
+        (peer, local, fd): (SocketAddr, SocketAddr, i64),
+        flushes: bool,
+    ) {
+        let shared = worker.shared.clone();
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let me = shared
             .client_list
             .register(id, peer, local, fd, worker.tx.clone());
@@ -168,7 +194,7 @@ impl Session {
         let max_pipeline = cfg.max_pipeline as usize;
         let idle = cfg.idle_timeout;
         let mut inbuf = BytesMut::new();
-        let (mut rd, mut wr) = stream.split();
+        let mut unflushed = false;
         let retry_sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(retry_sleep);
         let never = Duration::from_secs(86400 * 365);
@@ -261,10 +287,20 @@ impl Session {
                         s.on_reply(reply);
                     }
                 }
-                r = wr.write_buf(&mut s.out), if !s.out.is_empty() => {
+                // Writes what is ready; with nothing left to write, flushes what TLS kept back
+                // (a write answers Ok(0) only for an empty buffer, so 0 means "flushed").
+                r = async {
+                    if s.out.is_empty() {
+                        wr.flush().await.map(|()| 0)
+                    } else {
+                        wr.write_buf(&mut s.out).await
+                    }
+                }, if !s.out.is_empty() || unflushed => {
                     match r {
+                        Ok(0) => unflushed = false,
                         Ok(n) => {
                             yielded = false;
+                            unflushed = flushes;
                             s.stats.bytes_out += n as u64;
                             shrink(&mut s.out);
                             // Like Redis, a reply counts as interaction for the idle timeout.
@@ -311,7 +347,8 @@ impl Session {
             }
         }
         inbox.close();
-        let _ = wr.shutdown().await;
+        // A TLS close_notify to a client that reads nothing must not hold the task.
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
         s.stats.flush(&s.shared.metrics, 0);
     }
 

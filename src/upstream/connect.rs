@@ -1,14 +1,17 @@
 //! Opening a connection to a node, its handshake, and one-shot queries on a fresh connection.
 //!
-//! Owns: the connect timeout, the handshake (`HELLO 3` for RESP3 connections, `AUTH` when
-//! configured), and [`query`], the cold-path request/reply used by the topology refresher,
+//! Owns: [`NodeStream`] (plain TCP or TLS), the connect timeout, the handshakes (TLS with
+//! `--backend-tls`, then `HELLO 3` for RESP3 connections, `AUTH` when configured), and [`query`], the cold-path request/reply used by the topology refresher,
 //! command discovery and health probes.
 //! Must not: be used per client request (the hot path goes through `link`).
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::resp::reply::ReplyScanner;
@@ -23,6 +26,54 @@ pub struct ConnSettings {
     pub reply_timeout: Duration,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// `--backend-tls`: every connection (links, probes, refreshes) runs this handshake.
+    pub tls: Option<std::sync::Arc<crate::tls::BackendTls>>,
+}
+
+/// A connection to a node: plain, or TLS with `--backend-tls`.
+pub enum NodeStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for NodeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NodeStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NodeStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Opens a connection and runs the handshake. Errors are strings: they only end up in logs.
@@ -30,13 +81,16 @@ pub async fn connect(
     addr: &str,
     proto: Proto,
     settings: &ConnSettings,
-) -> Result<TcpStream, String> {
-    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+) -> Result<NodeStream, String> {
+    let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connect to {addr} timed out"))?
         .map_err(|e| format!("connect to {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut stream = stream;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &settings.tls {
+        Some(tls) => NodeStream::Tls(Box::new(tls.connect(tcp, addr).await?)),
+        None => NodeStream::Plain(tcp),
+    };
     let mut init = BytesMut::new();
     let user = settings.user.as_deref().unwrap_or("default").as_bytes();
     match (proto, settings.password.as_deref()) {
@@ -69,7 +123,7 @@ pub async fn connect(
 }
 
 /// Reads exactly `n` complete replies from a fresh connection.
-pub async fn read_replies(stream: &mut TcpStream, n: usize) -> std::io::Result<Vec<Bytes>> {
+pub async fn read_replies(stream: &mut NodeStream, n: usize) -> std::io::Result<Vec<Bytes>> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(n);
     let mut scanner = ReplyScanner::new();
@@ -92,7 +146,7 @@ pub async fn read_replies(stream: &mut TcpStream, n: usize) -> std::io::Result<V
 
 /// Sends `cmds` on an open connection and reads one raw reply per command, within `limit`.
 pub async fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut NodeStream,
     cmds: &[&[&[u8]]],
     limit: Duration,
 ) -> Result<Vec<Bytes>, String> {

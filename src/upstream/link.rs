@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::connect::connect;
@@ -390,6 +389,10 @@ impl Link {
                     Poll::Pending => break,
                 }
             }
+            // TLS may keep part of a record back; plain TCP's flush is a no-op.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut io.stream).poll_flush(cx) {
+                return Poll::Ready(End::Broken(e.to_string()));
+            }
             if st.wbuf.is_empty() && st.wbuf.capacity() > 1 << 20 {
                 st.wbuf = BytesMut::new();
             }
@@ -546,7 +549,7 @@ impl Link {
 }
 
 struct Io {
-    stream: TcpStream,
+    stream: super::connect::NodeStream,
     rbuf: BytesMut,
     scanner: ReplyScanner,
     /// Bytes, and replies, of a batch request's replies received so far.

@@ -737,6 +737,8 @@ impl RedisCluster {
 /// down and waits for the drain.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The `--tls-listen` port, when the config sets one (bound here on port 0).
+    pub tls_addr: Option<SocketAddr>,
     /// The /metrics, /healthz, /readyz endpoint.
     pub http: SocketAddr,
     pub shared: Arc<Shared>,
@@ -763,21 +765,33 @@ impl Proxy {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
+                let tls = match config.tls_listen {
+                    Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                    None => None,
+                };
+                let tls_addr = tls.as_ref().map(|l| l.local_addr().unwrap());
                 let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let http_addr = http.local_addr().unwrap();
-                let shared = Shared::start(config);
+                let shared = Shared::start(config).unwrap();
                 tokio::spawn(slotmux::http::serve(http, shared.clone()));
-                ready_tx.send((addr, http_addr, shared.clone())).unwrap();
-                slotmux::serve(listener, shared, async {
+                ready_tx
+                    .send((addr, tls_addr, http_addr, shared.clone()))
+                    .unwrap();
+                let listeners = slotmux::Listeners {
+                    plain: Some(listener),
+                    tls,
+                };
+                slotmux::serve_on(listeners, shared, async {
                     let _ = stop_rx.await;
                 })
                 .await;
             });
             rt.shutdown_timeout(Duration::from_millis(100));
         });
-        let (addr, http, shared) = ready_rx.recv().unwrap();
+        let (addr, tls_addr, http, shared) = ready_rx.recv().unwrap();
         Proxy {
             addr,
+            tls_addr,
             http,
             shared,
             stop: Some(stop_tx),
