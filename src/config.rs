@@ -84,6 +84,24 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,
 
+    /// Who checks clients' passwords. `proxy`: slotmux, against `--requirepass`, and every
+    /// client's commands run as slotmux's backend user. `passthrough`: a client's `AUTH user
+    /// pass` (or `HELLO 3 AUTH`) is checked by the cluster, and its commands then run on
+    /// connections authenticated as that user, so the cluster's ACL rules apply per user.
+    #[arg(long, env = "SLOTMUX_AUTH_MODE", default_value = "proxy", value_parser = ["proxy", "passthrough"])]
+    pub auth_mode: String,
+
+    /// Passthrough mode: client users with connections of their own, per worker. When all are
+    /// taken, the one unused longest gives its place up; if every one has clients, AUTH as a
+    /// new user is refused.
+    #[arg(long, env = "SLOTMUX_MAX_BACKEND_USERS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_backend_users: u64,
+
+    /// Passthrough mode: a user's connections close this long after its last client left.
+    #[arg(long, env = "SLOTMUX_BACKEND_USER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub backend_user_idle_timeout: Duration,
+
     /// ACL user slotmux authenticates as on the cluster's nodes.
     #[arg(long, env = "SLOTMUX_BACKEND_USER")]
     pub backend_user: Option<String>,

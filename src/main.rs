@@ -54,7 +54,7 @@ fn main() {
         let shared = match slotmux::Shared::start(config.clone()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "TLS setup failed");
+                tracing::error!(error = %e, "cannot start");
                 return 2;
             }
         };

@@ -23,7 +23,7 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), crate::tls::TlsError> {
+) -> Result<(), crate::shared::StartError> {
     let shared = Shared::start(config)?;
     serve(listener, shared, shutdown).await;
     Ok(())

@@ -182,6 +182,15 @@ impl Scripts {
     }
 }
 
+/// Why slotmux cannot start with these settings.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// State shared by every worker and session.
 pub struct Shared {
     pub slowlog: crate::slowlog::SlowLog,
@@ -216,7 +225,12 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared state and starts the topology refresher (needs a Tokio runtime).
-    pub fn start(config: Config) -> Result<Arc<Shared>, crate::tls::TlsError> {
+    pub fn start(config: Config) -> Result<Arc<Shared>, StartError> {
+        if config.auth_mode == "passthrough" && config.requirepass.is_some() {
+            return Err(StartError::Config(
+                "--requirepass and --auth-mode passthrough do not go together: in passthrough mode the cluster checks passwords".into(),
+            ));
+        }
         let metrics = Arc::new(Metrics::new());
         let tls = crate::tls::Tls::load(&config, &metrics)?;
         tls.spawn_watcher();

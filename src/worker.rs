@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::resp::write::Proto;
 use crate::session::Session;
 use crate::shared::{Permit, Shared};
+use crate::upstream::connect::Credentials;
 use crate::upstream::{Inbox, Link, LinkKind, Node, OwnedLink, Signal, UpstreamError};
 
 /// How often a worker checks its links for hung nodes and flushes their metrics.
@@ -53,14 +54,23 @@ pub struct Worker {
     sessions: RefCell<HashMap<u64, Weak<Inbox>>>,
     draining: std::cell::Cell<bool>,
     lanes: usize,
-    links: RefCell<Vec<Option<Rc<Link>>>>,
+    /// Shared links by user (0: the sessions' default identity), then node, protocol, reads
+    /// and lane.
+    links: RefCell<Vec<Vec<Option<Rc<Link>>>>>,
+    /// Client users with links of their own here (`--auth-mode passthrough`), by [`UserId`];
+    /// entry 0 stays empty (the default identity).
+    users: RefCell<Vec<Option<UserSlot>>>,
+    /// What user 0's links authenticate as: slotmux's backend identity (`None`), or in
+    /// passthrough mode no AUTH at all (a client that has not authenticated is Redis's
+    /// `default` user).
+    default_creds: Option<Arc<Credentials>>,
     /// Links taken out of the table (their node was forgotten) that still wait for replies:
     /// ticked for the reply timeout until they end.
     retiring: RefCell<Vec<Rc<Link>>>,
     /// One connected, unused dedicated link per node and protocol that has needed one: a
     /// blocking command or a WATCH is written at once, in the order the clients sent them,
     /// instead of after a connect (which let a later command of another client overtake it).
-    spare: RefCell<Vec<(Arc<Node>, Proto, OwnedLink)>>,
+    spare: RefCell<Vec<Spare>>,
     /// Fast hashes of script bodies this worker has put in the shared store, and the store's
     /// eviction count when the set was last valid.
     scripts_seen: RefCell<(u64, HashSet<u64>)>,
@@ -76,6 +86,7 @@ impl Worker {
         tx: Option<mpsc::UnboundedSender<WorkerMsg>>,
     ) -> Worker {
         let hot = shared.config.hotkeys == "on";
+        let passthrough = shared.config.auth_mode == "passthrough";
         Worker {
             index,
             tx,
@@ -84,6 +95,8 @@ impl Worker {
             lanes: usize::from(shared.config.backend_connections.max(1)),
             shared,
             links: RefCell::new(Vec::new()),
+            users: RefCell::new(vec![None]),
+            default_creds: passthrough.then(|| Arc::new(Credentials::default())),
             retiring: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
             scripts_seen: RefCell::new((0, HashSet::new())),
@@ -141,8 +154,9 @@ impl Worker {
         node: &Arc<Node>,
         proto: Proto,
         lane: usize,
+        user: UserId,
     ) -> Result<Rc<Link>, UpstreamError> {
-        self.shared_link(node, proto, lane, false)
+        self.shared_link(node, proto, lane, false, user)
     }
 
     /// Like [`Worker::link`], for reads on a replica: a link of its own kind that sends
@@ -154,8 +168,9 @@ impl Worker {
         node: &Arc<Node>,
         proto: Proto,
         lane: usize,
+        user: UserId,
     ) -> Result<Rc<Link>, UpstreamError> {
-        self.shared_link(node, proto, lane, true)
+        self.shared_link(node, proto, lane, true, user)
     }
 
     #[inline]
@@ -165,15 +180,21 @@ impl Worker {
         proto: Proto,
         lane: usize,
         reads: bool,
+        user: UserId,
     ) -> Result<Rc<Link>, UpstreamError> {
         let i = ((node.id * 2 + proto.index()) * 2 + usize::from(reads)) * self.lanes
             + lane % self.lanes;
-        if let Some(Some(l)) = self.links.borrow().get(i) {
+        if let Some(Some(l)) = self
+            .links
+            .borrow()
+            .get(usize::from(user))
+            .and_then(|t| t.get(i))
+        {
             if Arc::ptr_eq(&l.node, node) && l.is_usable() {
                 return Ok(l.clone());
             }
         }
-        self.open_shared(i, node, proto, reads)
+        self.open_shared(i, node, proto, reads, user)
     }
 
     #[cold]
@@ -183,15 +204,21 @@ impl Worker {
         node: &Arc<Node>,
         proto: Proto,
         reads: bool,
+        user: UserId,
     ) -> Result<Rc<Link>, UpstreamError> {
         if node.health().in_backoff() {
             return Err(UpstreamError::NotSent);
         }
-        let fresh = Link::open(node.clone(), proto, LinkKind::Shared);
+        let fresh = Link::open_as(node.clone(), proto, LinkKind::Shared, self.creds(user));
         if reads {
             fresh.send_silent(b"*1\r\n$8\r\nREADONLY\r\n")?;
         }
-        let mut links = self.links.borrow_mut();
+        let mut tables = self.links.borrow_mut();
+        let u = usize::from(user);
+        if tables.len() <= u {
+            tables.resize_with(u + 1, Vec::new);
+        }
+        let links = &mut tables[u];
         if links.len() <= i {
             links.resize(i + 1, None);
         }
@@ -207,24 +234,123 @@ impl Worker {
     /// A link of the caller's own (transactions, blocking commands, pub/sub); closed when the
     /// handle is dropped. `None` when the node is in connect backoff. A dedicated link comes
     /// from the spare one already connected when there is one, and a new spare is opened.
-    pub fn owned(&self, node: &Arc<Node>, proto: Proto, kind: LinkKind) -> Option<OwnedLink> {
+    pub fn owned(
+        &self,
+        node: &Arc<Node>,
+        proto: Proto,
+        kind: LinkKind,
+        user: UserId,
+    ) -> Option<OwnedLink> {
         if node.health().in_backoff() {
             return None;
         }
+        let creds = self.creds(user);
         if !matches!(kind, LinkKind::Dedicated) {
-            return Some(OwnedLink::open(node.clone(), proto, kind));
+            return Some(OwnedLink::open(node.clone(), proto, kind, creds));
         }
         let mut spare = self.spare.borrow_mut();
         let taken = spare
             .iter()
-            .position(|(n, p, l)| Arc::ptr_eq(n, node) && *p == proto && l.is_usable())
-            .map(|i| spare.swap_remove(i).2);
-        spare.push((
-            node.clone(),
-            proto,
-            OwnedLink::open(node.clone(), proto, LinkKind::Dedicated),
-        ));
-        Some(taken.unwrap_or_else(|| OwnedLink::open(node.clone(), proto, LinkKind::Dedicated)))
+            .position(|(n, p, u, l)| {
+                Arc::ptr_eq(n, node) && *p == proto && *u == user && l.is_usable()
+            })
+            .map(|i| spare.swap_remove(i).3);
+        let open = || OwnedLink::open(node.clone(), proto, LinkKind::Dedicated, creds.clone());
+        spare.push((node.clone(), proto, user, open()));
+        Some(taken.unwrap_or_else(open))
+    }
+
+    /// What user `user`'s links authenticate as.
+    fn creds(&self, user: UserId) -> Option<Arc<Credentials>> {
+        match user {
+            0 => self.default_creds.clone(),
+            u => self
+                .users
+                .borrow()
+                .get(usize::from(u))
+                .and_then(|s| s.as_ref())
+                .map(|s| s.creds.clone()),
+        }
+    }
+
+    /// A session authenticated as `creds` (`--auth-mode passthrough`): its place in this
+    /// worker's link tables, shared with the other sessions of the same user. A user whose
+    /// links sat unused longest gives its place up when all `--max-backend-users` are
+    /// taken; `Err(limit)` when every place has sessions.
+    pub fn join_user(&self, creds: Credentials) -> Result<UserId, usize> {
+        let limit = self.shared.config.max_backend_users as usize;
+        let now = Instant::now();
+        let mut users = self.users.borrow_mut();
+        if let Some(i) = users
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| *s.creds == creds))
+        {
+            if let Some(s) = users[i].as_mut() {
+                s.holders += 1;
+                s.last_used = now;
+            }
+            return Ok(i as UserId);
+        }
+        let free = users
+            .iter()
+            .skip(1)
+            .position(Option::is_none)
+            .map(|i| i + 1);
+        let place = match free {
+            Some(i) => i,
+            None if users.len() <= limit && users.len() <= usize::from(UserId::MAX) => {
+                users.push(None);
+                users.len() - 1
+            }
+            None => {
+                let idle = users
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                    .filter(|(_, s)| s.holders == 0)
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(i, _)| i);
+                let Some(i) = idle else {
+                    return Err(limit);
+                };
+                drop(users);
+                self.free_user(i as UserId);
+                users = self.users.borrow_mut();
+                i
+            }
+        };
+        users[place] = Some(UserSlot {
+            creds: Arc::new(creds),
+            holders: 1,
+            last_used: now,
+        });
+        Ok(place as UserId)
+    }
+
+    /// A session no longer authenticated as `user` (it ended, re-authenticated, or RESET).
+    pub fn leave_user(&self, user: UserId) {
+        if let Some(Some(s)) = self.users.borrow_mut().get_mut(usize::from(user)) {
+            s.holders = s.holders.saturating_sub(1);
+            s.last_used = Instant::now();
+        }
+    }
+
+    /// Closes a user's links (their requests finish first) and frees its place.
+    fn free_user(&self, user: UserId) {
+        let u = usize::from(user);
+        if let Some(table) = self.links.borrow_mut().get_mut(u) {
+            let mut retiring = self.retiring.borrow_mut();
+            for l in table.drain(..).flatten() {
+                l.retire();
+                if !l.is_closed() {
+                    retiring.push(l);
+                }
+            }
+        }
+        self.spare.borrow_mut().retain(|s| s.2 != user);
+        if let Some(s) = self.users.borrow_mut().get_mut(u) {
+            *s = None;
+        }
     }
 
     /// Puts a script body in the shared store unless this worker already did: one hash per
@@ -278,14 +404,28 @@ impl Worker {
             // Spares of nodes gone or dead are dropped (a new one comes with the next use).
             self.spare
                 .borrow_mut()
-                .retain(|(n, _, l)| !n.is_forgotten() && l.is_usable());
+                .retain(|(n, _, _, l)| !n.is_forgotten() && l.is_usable());
+            // Users nobody is authenticated as any more, idle long enough: links closed.
+            let idle = self.shared.config.backend_user_idle_timeout;
+            let gone: Vec<UserId> = self
+                .users
+                .borrow()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                .filter(|(_, s)| s.holders == 0 && now.duration_since(s.last_used) >= idle)
+                .map(|(i, _)| i as UserId)
+                .collect();
+            for u in gone {
+                self.free_user(u);
+            }
             let mut retiring = self.retiring.borrow_mut();
             retiring.retain(|l| {
                 l.tick(now, limit);
                 !l.is_closed()
             });
-            let mut links = self.links.borrow_mut();
-            for slot in links.iter_mut() {
+            let mut tables = self.links.borrow_mut();
+            for slot in tables.iter_mut().flatten() {
                 let Some(l) = slot else { continue };
                 if l.node.is_forgotten() || !l.is_usable() {
                     l.retire();
@@ -299,6 +439,23 @@ impl Worker {
             }
         }
     }
+}
+
+/// A connected dedicated link kept ready: for this node, protocol and user.
+type Spare = (Arc<Node>, Proto, UserId, OwnedLink);
+
+/// A place in a worker's link tables: 0 is the sessions' default identity, others are client
+/// users (`--auth-mode passthrough`).
+pub type UserId = u16;
+
+/// A client user's links in one worker.
+struct UserSlot {
+    creds: Arc<Credentials>,
+    /// Sessions authenticated as this user now.
+    holders: usize,
+    /// When a session last joined or left: idle places are freed after
+    /// `--backend-user-idle-timeout`.
+    last_used: Instant,
 }
 
 /// An accepted client on its way to a worker.

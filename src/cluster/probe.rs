@@ -84,7 +84,7 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
         let mut stream = match connect(&node.addr, Proto::Resp2, &settings).await {
             Ok(s) => s,
             Err(e) => {
-                verdict(&cluster, &node, false, &e);
+                verdict(&cluster, &node, false, &e.to_string());
                 tokio::time::sleep(PROBE_EVERY).await;
                 continue;
             }

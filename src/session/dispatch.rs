@@ -326,7 +326,7 @@ impl Session {
             // Inside a transaction's reply (CLIENT PAUSE in MULTI): no entry of its own to
             // wait on, so the masters are told without waiting for their `+OK`.
             for m in &topo.masters {
-                if let Ok(link) = self.worker.link(m, self.proto, 0) {
+                if let Ok(link) = self.worker.link(m, self.proto, 0, self.user) {
                     let _ = link.send_silent(&frame);
                 }
             }

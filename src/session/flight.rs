@@ -77,9 +77,11 @@ impl Session {
         };
         // Replica reads use links of their own kind, which sent READONLY first.
         let link = if replica.is_some() {
-            self.worker.replica_link(node, self.proto, self.id as usize)
+            self.worker
+                .replica_link(node, self.proto, self.id as usize, self.user)
         } else {
-            self.worker.link(node, self.proto, self.id as usize)
+            self.worker
+                .link(node, self.proto, self.id as usize, self.user)
         };
         let sent = match link {
             Ok(link) => match link.send_batch(&f.frame, asking, tag, &self.inbox, now, f.replies) {
@@ -168,7 +170,7 @@ impl Session {
         let blocking = f.via == Via::Dedicated;
         let link = self
             .worker
-            .owned(&node, self.proto, LinkKind::Dedicated)
+            .owned(&node, self.proto, LinkKind::Dedicated, self.user)
             .filter(|l| {
                 !blocking
                     || l.send(CLIENT_ID, false, tag | CLIENT_ID_TAG, &self.inbox, now)
@@ -539,6 +541,13 @@ impl Session {
 
     /// Records a finished request; when its whole entry is done the entry becomes `Ready`.
     pub(super) fn finish(&mut self, tag: u64, frame: Bytes, outcome: Outcome) {
+        let (frame, outcome) = if self.auth_wait.as_ref().is_some_and(|w| w.tag == tag) {
+            let frame = self.auth_answered(tag, frame);
+            let outcome = outcome.max(Outcome::of_reply(&frame));
+            (frame, outcome)
+        } else {
+            (frame, outcome)
+        };
         let Some(entry) = self.queue.entry_mut(tag) else {
             return;
         };

@@ -7,7 +7,7 @@
 //! Must not: talk to a backend, but for CLIENT UNBLOCK, which asks the node where the client
 //! waits.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{constant_time_eq, Session};
 use crate::cluster::key_slot;
@@ -79,7 +79,9 @@ impl Session {
                 self.monitor = None;
                 self.proto = Proto::Resp2;
                 self.name = None;
-                self.authed = self.shared.config.requirepass.is_none();
+                self.authed = self.shared.config.requirepass.is_none() || self.passthrough();
+                // Back to the default user, as Redis's RESET does.
+                self.become_user(0);
                 self.read_from = crate::router::ReadFrom::parse(&self.shared.config.read_from);
                 self.publish_view();
                 self.reply_local(|o, _| write::simple(o, "RESET"));
@@ -431,6 +433,9 @@ impl Session {
     }
 
     fn auth(&mut self, args: Args<'_>) {
+        if self.passthrough() {
+            return self.auth_passthrough(args);
+        }
         let (user, pass) = match args.len() {
             2 => {
                 if self.shared.config.requirepass.is_none() {
@@ -501,6 +506,9 @@ impl Session {
                 return self.reply_local(|o, _| write::error(o, &msg));
             }
         }
+        if let (Some((user, pass)), true) = (auth, self.passthrough()) {
+            return self.hello_passthrough(user, pass, proto, name);
+        }
         if let Some((user, pass)) = auth {
             if let Err(e) = self.check_password(user, pass) {
                 return self.reply_local(|o, _| write::error(o, e));
@@ -517,9 +525,16 @@ impl Session {
         }
         self.proto = proto;
         self.publish_view();
+        let mut o = BytesMut::new();
+        self.hello_reply(&mut o, proto);
+        self.reply_local(|out, _| out.extend_from_slice(&o));
+    }
+
+    /// HELLO's map, in protocol `p`.
+    pub(super) fn hello_reply(&mut self, o: &mut BytesMut, p: Proto) {
         let id = self.id as i64;
         let version = crate::info::cluster_version(self.topo.load());
-        self.reply_local(|o, p| {
+        {
             write::map_header(o, p, 7);
             write::bulk(o, b"server");
             write::bulk(o, b"redis");
@@ -535,6 +550,6 @@ impl Session {
             write::bulk(o, b"master");
             write::bulk(o, b"modules");
             write::array_header(o, 0);
-        });
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! through the session's inbox), allocate per forwarded single-key command in the steady
 //! state, or resend a command that may have run unless it is read-only.
 
+mod auth;
 mod decide;
 mod dispatch;
 mod flight;
@@ -98,6 +99,11 @@ pub struct Session {
     silent: bool,
     /// Where this client's reads go (`--read-from`, then READONLY/READWRITE).
     read_from: crate::router::ReadFrom,
+    /// Whose links its commands use: 0, the default identity, or the user it authenticated
+    /// as (`--auth-mode passthrough`).
+    user: crate::worker::UserId,
+    /// An AUTH the cluster is checking (passthrough): reading waits for it.
+    auth_wait: Option<auth::AuthWait>,
 }
 
 /// CLIENT REPLY's state.
@@ -152,7 +158,7 @@ impl Session {
         let _listed = Listed(shared.clone(), worker.clone(), id);
         let topo = arc_swap::Cache::new(shared.cluster.cell());
         let mut s = Session {
-            authed: shared.config.requirepass.is_none(),
+            authed: shared.config.requirepass.is_none() || shared.config.auth_mode == "passthrough",
             worker,
             me: me.clone(),
             shared,
@@ -183,6 +189,8 @@ impl Session {
             monitor: None,
             silent: false,
             read_from: crate::router::ReadFrom::Master,
+            user: 0,
+            auth_wait: None,
         };
         s.read_from = crate::router::ReadFrom::parse(&s.shared.config.read_from);
         let cfg = s.shared.config.clone();
@@ -207,7 +215,11 @@ impl Session {
         loop {
             // Parse whatever is buffered while there is room in the pipeline.
             if !s.closing && !inbuf.is_empty() {
-                while s.queue.len() < max_pipeline && !s.closing && s.held.is_none() {
+                while s.queue.len() < max_pipeline
+                    && !s.closing
+                    && s.held.is_none()
+                    && !s.auth_pending()
+                {
                     match scanner.next(&mut inbuf) {
                         Ok(Some(frame)) => {
                             let args = crate::command::Args {
@@ -249,6 +261,7 @@ impl Session {
             }
             let can_read = !s.closing
                 && s.held.is_none()
+                && !s.auth_pending()
                 && s.queue.len() < max_pipeline
                 && s.out.len() < OUT_HIGH;
             if can_read && inbuf.capacity() - inbuf.len() < FIRST_READ / 2 {
@@ -347,6 +360,7 @@ impl Session {
             }
         }
         inbox.close();
+        s.become_user(0);
         // A TLS close_notify to a client that reads nothing must not hold the task.
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
         s.stats.flush(&s.shared.metrics, 0);

@@ -49,7 +49,7 @@ impl Session {
                 tag: MONITOR_TAG | i as u64,
                 to: self.inbox.clone(),
             };
-            if let Some(link) = self.worker.owned(node, self.proto, kind) {
+            if let Some(link) = self.worker.owned(node, self.proto, kind, self.user) {
                 if link.send_silent(b"*1\r\n$7\r\nMONITOR\r\n").is_ok() {
                     streams.push(link);
                 }

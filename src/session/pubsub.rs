@@ -211,7 +211,7 @@ impl Session {
             tag,
             to: self.inbox.clone(),
         };
-        let Some(conn) = self.worker.owned(&node, self.proto, kind) else {
+        let Some(conn) = self.worker.owned(&node, self.proto, kind, self.user) else {
             return false;
         };
         let ps = self.pubsub.get_or_insert_with(PubSub::default);

@@ -240,7 +240,10 @@ impl Session {
 
     /// Opens the link that will hold the client's WATCHes, on `node`.
     pub(super) fn open_watch(&mut self, node: Arc<Node>, asking: bool) -> bool {
-        match self.worker.owned(&node, self.proto, LinkKind::Dedicated) {
+        match self
+            .worker
+            .owned(&node, self.proto, LinkKind::Dedicated, self.user)
+        {
             Some(link) => {
                 let slots = self.watch.take().map(|w| w.slots).unwrap_or_default();
                 self.watch = Some(Watch {
@@ -316,7 +319,7 @@ impl Session {
             None => topo.any_master(0),
         };
         if let Some(node) = node {
-            if let Ok(link) = self.worker.link(node, self.proto, 0) {
+            if let Ok(link) = self.worker.link(node, self.proto, 0, self.user) {
                 let mut frame = Vec::with_capacity(multi.len() + exec.len());
                 frame.extend_from_slice(multi);
                 frame.extend_from_slice(exec);

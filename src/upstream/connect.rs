@@ -30,6 +30,64 @@ pub struct ConnSettings {
     pub tls: Option<std::sync::Arc<crate::tls::BackendTls>>,
 }
 
+impl ConnSettings {
+    /// The same settings, authenticating as `c` instead of slotmux's own backend identity.
+    pub fn as_user(&self, c: &Credentials) -> ConnSettings {
+        ConnSettings {
+            user: c.user.clone(),
+            password: c.password.clone(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Who a connection authenticates as, when it is not slotmux's own backend identity
+/// (`--auth-mode passthrough`: a client's user). Both `None`: no AUTH at all (Redis's
+/// `default` user without a password).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Credentials {
+    /// The user's name as Redis knows it.
+    pub fn user_name(&self) -> &str {
+        self.user.as_deref().unwrap_or("default")
+    }
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({})", self.user_name())
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Connect, TLS or a timeout: the node is not reachable.
+    Unreachable(String),
+    /// The node answered the handshake (AUTH, HELLO) with this error: it is up, the
+    /// credentials are not accepted.
+    Refused(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Unreachable(e) | ConnectError::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<ConnectError> for String {
+    fn from(e: ConnectError) -> String {
+        e.to_string()
+    }
+}
+
 /// A connection to a node: plain, or TLS with `--backend-tls`.
 pub enum NodeStream {
     Plain(TcpStream),
@@ -81,14 +139,15 @@ pub async fn connect(
     addr: &str,
     proto: Proto,
     settings: &ConnSettings,
-) -> Result<NodeStream, String> {
+) -> Result<NodeStream, ConnectError> {
+    let down = ConnectError::Unreachable;
     let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| format!("connect to {addr} timed out"))?
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
+        .map_err(|_| down(format!("connect to {addr} timed out")))?
+        .map_err(|e| down(format!("connect to {addr}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let mut stream = match &settings.tls {
-        Some(tls) => NodeStream::Tls(Box::new(tls.connect(tcp, addr).await?)),
+        Some(tls) => NodeStream::Tls(Box::new(tls.connect(tcp, addr).await.map_err(down)?)),
         None => NodeStream::Plain(tcp),
     };
     let mut init = BytesMut::new();
@@ -108,13 +167,12 @@ pub async fn connect(
             read_replies(&mut stream, 1).await
         })
         .await
-        .map_err(|_| format!("handshake with {addr} timed out"))?
-        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        .map_err(|_| down(format!("handshake with {addr} timed out")))?
+        .map_err(|e| down(format!("handshake with {addr}: {e}")))?;
         for r in replies {
             if r.first() == Some(&b'-') {
-                return Err(format!(
-                    "handshake with {addr} refused: {}",
-                    String::from_utf8_lossy(&r[1..]).trim_end()
+                return Err(ConnectError::Refused(
+                    String::from_utf8_lossy(&r[1..]).trim_end().to_string(),
                 ));
             }
         }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
-use super::connect::connect;
+use super::connect::{connect, ConnectError, Credentials};
 use super::{Node, Reply, UpstreamError};
 use crate::metrics::NodeMetrics;
 use crate::resp::reply::ReplyScanner;
@@ -150,6 +150,9 @@ enum End {
     /// Closed on purpose: idle and retired, or its owner let go.
     Idle,
     ConnectFailed(String),
+    /// The node refused the handshake's credentials (a client's user whose password changed
+    /// or who was removed since its AUTH): the node is fine.
+    Refused(String),
     Broken(String),
     Timeout,
 }
@@ -193,17 +196,30 @@ pub struct Link {
     pub node: Arc<Node>,
     proto: Proto,
     kind: LinkKind,
+    /// A client's user (`--auth-mode passthrough`); `None`: slotmux's backend identity.
+    creds: Option<Arc<Credentials>>,
     st: RefCell<State>,
 }
 
 impl Link {
     /// Opens a link; its task runs on the current worker (a `LocalSet`).
     pub fn open(node: Arc<Node>, proto: Proto, kind: LinkKind) -> Rc<Link> {
+        Self::open_as(node, proto, kind, None)
+    }
+
+    /// Opens a link that authenticates as `creds` (slotmux's own identity when `None`).
+    pub fn open_as(
+        node: Arc<Node>,
+        proto: Proto,
+        kind: LinkKind,
+        creds: Option<Arc<Credentials>>,
+    ) -> Rc<Link> {
         let stats = LinkStats::new(&node.metrics);
         let link = Rc::new(Link {
             node,
             proto,
             kind,
+            creds,
             st: RefCell::new(State {
                 wbuf: BytesMut::new(),
                 appended: 0,
@@ -498,6 +514,14 @@ impl Link {
         };
         for w in waiting {
             if let Some(to) = w.to {
+                if let (End::Refused(why), 1) = (&end, w.replies) {
+                    // Never ran: the client gets the node's own words (WRONGPASS...).
+                    to.push(Reply {
+                        tag: w.tag,
+                        result: Ok(Bytes::from(format!("-{why}\r\n"))),
+                    });
+                    continue;
+                }
                 let e = if w.end <= written {
                     after_write
                 } else {
@@ -521,6 +545,9 @@ impl Link {
         let gauge = self.gauge();
         match end {
             End::Idle => gauge.dec(),
+            End::Refused(e) => {
+                tracing::warn!(node = %node.addr, user = self.creds.as_ref().map_or("(slotmux)", |c| c.user_name()), error = %e, "backend refused the credentials");
+            }
             End::ConnectFailed(e) => {
                 node.health().failed();
                 tracing::warn!(node = %node.addr, error = %e, "backend connect failed");
@@ -558,7 +585,15 @@ struct Io {
 }
 
 async fn run(link: Rc<Link>) {
-    let end = match connect(&link.node.addr, link.proto, link.node.settings()).await {
+    let as_user;
+    let settings = match &link.creds {
+        Some(c) => {
+            as_user = link.node.settings().as_user(c);
+            &as_user
+        }
+        None => &**link.node.settings(),
+    };
+    let end = match connect(&link.node.addr, link.proto, settings).await {
         Ok(stream) => {
             link.gauge().inc();
             if link.node.health().failures() > 0 {
@@ -575,7 +610,8 @@ async fn run(link: Rc<Link>) {
             };
             poll_fn(|cx| link.drive(cx, &mut io)).await
         }
-        Err(e) => End::ConnectFailed(e),
+        Err(ConnectError::Refused(e)) if link.creds.is_some() => End::Refused(e),
+        Err(e) => End::ConnectFailed(e.to_string()),
     };
     link.close(end);
 }
@@ -584,8 +620,13 @@ async fn run(link: Rc<Link>) {
 pub struct OwnedLink(Rc<Link>);
 
 impl OwnedLink {
-    pub fn open(node: Arc<Node>, proto: Proto, kind: LinkKind) -> OwnedLink {
-        OwnedLink(Link::open(node, proto, kind))
+    pub fn open(
+        node: Arc<Node>,
+        proto: Proto,
+        kind: LinkKind,
+        creds: Option<Arc<Credentials>>,
+    ) -> OwnedLink {
+        OwnedLink(Link::open_as(node, proto, kind, creds))
     }
 
     pub fn link(&self) -> &Rc<Link> {

@@ -4,7 +4,6 @@
 //! Clients: the `redis` crate over TLS, redis-cli `--tls`, and raw sockets.
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 mod acl;
