@@ -18,6 +18,11 @@ Pods must not use hostPath volumes, hostNetwork, hostPID or hostIPC.
 Cross-references inside each file: every Service, PodDisruptionBudget and
 PodMonitor selector matches some pod template, and named ports they refer to
 exist in the selected pods.
+cert-manager Certificates (not CAs) must allow "server auth" and "client auth"
+(Redis nodes and slotmux present them both ways); the one writing the Secret
+redis-tls must name redis-headless.<namespace>.svc (what slotmux checks,
+deploy/k8s/tls) and slotmux.<namespace>.svc (what apps check), and have a
+namespace (the names depend on it).
 
 Prints one line per violation and a summary; exits 1 on any violation.
 """
@@ -140,6 +145,27 @@ def check_references(docs, problems):
                 problems.append(f"{where}: named port {port!r} not found in the selected pods")
 
 
+def check_certificate(doc, problems):
+    meta = doc.get("metadata") or {}
+    spec = doc.get("spec") or {}
+    where = f"Certificate/{meta.get('name')}"
+    if spec.get("isCA"):
+        return
+    usages = set(spec.get("usages") or [])
+    for u in ("server auth", "client auth"):
+        if u not in usages:
+            problems.append(f"{where}: usages lack {u!r}")
+    if spec.get("secretName") == "redis-tls":
+        ns = meta.get("namespace")
+        if not ns:
+            problems.append(f"{where}: no metadata.namespace (the dnsNames depend on it)")
+            return
+        names = set(spec.get("dnsNames") or [])
+        for n in (f"redis-headless.{ns}.svc", f"slotmux.{ns}.svc"):
+            if n not in names:
+                problems.append(f"{where}: dnsNames lack {n!r}")
+
+
 def main(paths):
     problems, containers, objects = [], 0, 0
     for path in paths:
@@ -153,6 +179,8 @@ def main(paths):
             objects += 1
             if d.get("kind") in WORKLOADS:
                 containers += check_workload(d, problems)
+            elif d.get("kind") == "Certificate" and str(d.get("apiVersion", "")).startswith("cert-manager.io/"):
+                check_certificate(d, problems)
         check_references(flat, problems)
         for p in problems[before:]:
             print(f"POLICY FAIL {path}: {p}")

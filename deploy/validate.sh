@@ -12,17 +12,22 @@
 #   shell lint   every *.sh under deploy/ (ShellCheck)
 #   hadolint     deploy/slotmux/Dockerfile, deploy/redis/Dockerfile
 #   docker-ctx   every COPY source of both Dockerfiles exists in its context
-#   entrypoint   deploy/test/entrypoint-test.sh (nodes.conf rewrite unit test)
+#   entrypoint   deploy/test/entrypoint-test.sh (nodes.conf rewrite and
+#                redis-server arguments, plain and TLS: unit test)
 #   redis-conf   deploy/redis/redis.conf loads in the installed redis-server
 #                (loopback only, a few seconds)
-#   kustomize    renders deploy/k8s, deploy/k8s/nodeport,
+#   tls          deploy/test/tls-test.sh: the README's openssl recipe, six
+#                TLS-only Redis nodes on loopback through the scripts,
+#                certificate rotation (about 20 s)
+#   kustomize    renders deploy/k8s, deploy/k8s/nodeport, deploy/k8s/tls,
 #                deploy/k8s/examples/with-monitoring
 #   kubeval      kubernetes-validate --strict of every rendered manifest and
 #                every standalone one, against pinned Kubernetes versions;
-#                CRD kinds (PodMonitor) have no bundled schema: reported as
-#                skipped, their structure is checked by policy_check.py
+#                CRD kinds (PodMonitor, cert-manager's Issuer/Certificate)
+#                have no bundled schema: reported as skipped
 #   policy       deploy/policy_check.py (limits, non-root, probes, no
-#                hostPath, pinned images, selectors/ports that match)
+#                hostPath, pinned images, selectors/ports that match, TLS
+#                certificates with the usages and names the overlay needs)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -117,6 +122,12 @@ do_docker_ctx() {
 
 do_entrypoint() { bash deploy/test/entrypoint-test.sh; }
 
+do_tls() {
+    have redis-server || { echo "redis-server not installed (apt-get install redis-server): cannot check"; return 1; }
+    have openssl || { echo "openssl not installed: cannot check"; return 1; }
+    bash deploy/test/tls-test.sh
+}
+
 # Start redis-server with the real redis.conf on a random loopback port (bus =
 # port + 10000); retried on other ports if one is taken.
 try_redis_conf() { # try_redis_conf PORT DIR -> 0 ok, 1 config refused, 2 port busy
@@ -157,8 +168,8 @@ do_redis_conf() {
     return "$rc"
 }
 
-RENDER_DIRS=(deploy/k8s deploy/k8s/nodeport deploy/k8s/examples/with-monitoring)
-STANDALONE=(deploy/k8s/examples/app-with-sidecar.yaml)
+RENDER_DIRS=(deploy/k8s deploy/k8s/nodeport deploy/k8s/tls deploy/k8s/examples/with-monitoring)
+STANDALONE=(deploy/k8s/examples/app-with-sidecar.yaml deploy/k8s/examples/cert-manager-redis-tls.yaml)
 do_kustomize() {
     local d f
     for d in "${RENDER_DIRS[@]}"; do
@@ -176,7 +187,7 @@ do_kubeval() {
     echo "kubernetes-validate $(kubernetes-validate --version) --strict against Kubernetes ${K8S_VERSIONS[*]}"
     kubernetes-validate --strict "${args[@]}" --quiet "${files[@]}" > "$out/kv.txt" 2>&1 || { cat "$out/kv.txt"; return 1; }
     if grep -q "Couldn't find schema" "$out/kv.txt"; then
-        echo "skipped (CRD kinds, no bundled schema; structure checked by policy_check.py):"
+        echo "skipped (CRD kinds, no bundled schema; PodMonitor and Certificate fields checked by policy_check.py):"
         grep "Couldn't find schema" "$out/kv.txt" | sed -E 's/.*for kind ([^ ]+) with api version ([^ ]+) for kubernetes version ([^ ]+).*/  \1 (\2) @ \3/' | sort -u
     fi
     grep -v "Couldn't find schema" "$out/kv.txt" || true
@@ -198,6 +209,7 @@ step hadolint do_hadolint
 step docker-ctx do_docker_ctx
 step entrypoint do_entrypoint
 step redis-conf do_redis_conf
+step tls do_tls
 step kustomize do_kustomize
 if [[ "${RESULTS[-1]}" == PASS ]]; then
     step kubeval do_kubeval

@@ -31,6 +31,8 @@
 #   CMD_TIMEOUT            seconds per redis-cli call (default 5)
 #   REDIS_CLI              redis-cli binary (default redis-cli)
 # Password: redis-cli reads it from REDISCLI_AUTH when the cluster uses one.
+# TLS: REDIS_TLS=yes and the certificate files (redis-tls.sh); the Job then
+# presents the certificate as client certificate to every node.
 set -euo pipefail
 
 BOOTSTRAP_NODES="${BOOTSTRAP_NODES:-}"
@@ -43,6 +45,11 @@ REDIS_CLI="${REDIS_CLI:-redis-cli}"
 
 log() { printf '%s bootstrap: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "ERROR: $1"; exit "${2:-1}"; }
+
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=redis-tls.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-tls.sh"
+redis_tls_init || die "bad TLS settings" 2
 
 for v in BOOTSTRAP_REPLICAS BOOTSTRAP_TIMEOUT BOOTSTRAP_SETTLE_TIMEOUT BOOTSTRAP_MAX_BACKOFF CMD_TIMEOUT; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v='${!v}' must be a non-negative integer" 2
@@ -63,7 +70,7 @@ min=$((3 * (BOOTSTRAP_REPLICAS + 1)))
 
 rcli() { # rcli HOST PORT CMD... with a hard time limit
     local h="$1" p="$2"; shift 2
-    timeout "$CMD_TIMEOUT" "$REDIS_CLI" -h "$h" -p "$p" "$@" 2>/dev/null | tr -d '\r'
+    timeout "$CMD_TIMEOUT" "$REDIS_CLI" "${REDIS_CLI_TLS[@]}" -h "$h" -p "$p" "$@" 2>/dev/null | tr -d '\r'
 }
 info_field() { # info_field NAME < INFO text
     awk -F: -v k="$1" '$1 == k { print $2; exit }'
@@ -143,7 +150,7 @@ if ((in_cluster > 0)); then
     else
         log "WARNING: existing cluster did not become healthy within ${BOOTSTRAP_SETTLE_TIMEOUT}s; leaving it alone."
         log "WARNING: inspect with: redis-cli --cluster check ${ips[0]}:${ports[0]}  (see deploy/README.md, Repairing)"
-        timeout 30 "$REDIS_CLI" --cluster check "${ips[0]}:${ports[0]}" >&2 || true
+        timeout 30 "$REDIS_CLI" "${REDIS_CLI_TLS[@]}" --cluster check "${ips[0]}:${ports[0]}" >&2 || true
         ((empty == 0)) || log "WARNING: $empty node(s) are empty and not in the cluster: add them with redis-cli --cluster add-node"
     fi
     exit 0
@@ -155,7 +162,7 @@ for i in "${!hosts[@]}"; do
     addrs+=("${ips[$i]}:${ports[$i]}")   # redis-cli splits at the last ':' (IPv6 works unbracketed)
 done
 log "all $count nodes are empty: creating the cluster: ${addrs[*]} with $BOOTSTRAP_REPLICAS replica(s) per master"
-if ! timeout 300 "$REDIS_CLI" --cluster create "${addrs[@]}" --cluster-replicas "$BOOTSTRAP_REPLICAS" --cluster-yes >&2; then
+if ! timeout 300 "$REDIS_CLI" "${REDIS_CLI_TLS[@]}" --cluster create "${addrs[@]}" --cluster-replicas "$BOOTSTRAP_REPLICAS" --cluster-yes >&2; then
     die "redis-cli --cluster create failed (the Job retries; a half-created cluster needs redis-cli --cluster fix)"
 fi
 if wait_healthy; then

@@ -21,10 +21,20 @@
 #     whose volume was lost comes back with a NEW ID and is reported, not
 #     joined (that needs an operator: see deploy/README.md, "Repairing").
 #
+# With TLS (REDIS_TLS=yes, see redis-tls.sh) it also keeps the local Redis's
+# certificates current: redis-server reads its certificate files only at start
+# or on CONFIG SET, so when the mounted Secret changes (Kubernetes swaps the
+# files in place) the next pass sends CONFIG SET tls-cert-file/tls-key-file/
+# tls-ca-cert-file with the same paths, which makes Redis re-read them (new
+# connections then use them; open ones keep their session). It does so once
+# at start too, and retries every pass until Redis accepts. The sidecar must
+# mount the Secret at the same path as the redis container.
+#
 # Usage: cluster-meet.sh [run|once|check]
 #   run    loop forever, one pass every MEET_INTERVAL seconds (default)
 #   once   one pass; exit 0 when no MEET was needed, 10 when MEETs were
-#          sent, 20 when the local redis did not answer
+#          sent, 20 when the local redis did not answer (the certificate
+#          reload, with TLS, does not change the exit code)
 #   check  liveness check of a running loop via its heartbeat file
 # Environment:
 #   HEADLESS_SERVICE  DNS name that resolves to ALL Redis pods, not-ready ones
@@ -37,6 +47,7 @@
 #   HEARTBEAT_FILE    default /tmp/cluster-meet.heartbeat
 #   REDIS_CLI         redis-cli binary (default redis-cli)
 # Password: redis-cli reads it from REDISCLI_AUTH when the cluster uses one.
+# TLS: REDIS_TLS=yes and the certificate files (redis-tls.sh).
 set -euo pipefail
 
 REDIS_PORT="${REDIS_PORT:-6379}"
@@ -49,10 +60,15 @@ REDIS_CLI="${REDIS_CLI:-redis-cli}"
 
 log() { printf '%s cluster-meet[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${HOSTNAME:-?}" "$*" >&2; }
 
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=redis-tls.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-tls.sh"
+redis_tls_init || { log "bad TLS settings"; exit 2; }
+
 # rcli HOST CMD... : one redis-cli call with a hard time limit.
 rcli() {
     local host="$1"; shift
-    timeout "$CMD_TIMEOUT" "$REDIS_CLI" -h "$host" -p "$REDIS_PORT" "$@" 2>/dev/null
+    timeout "$CMD_TIMEOUT" "$REDIS_CLI" "${REDIS_CLI_TLS[@]}" -h "$host" -p "$REDIS_PORT" "$@" 2>/dev/null
 }
 
 # Prints "id ip cport flags" for each line of CLUSTER NODES output on stdin.
@@ -149,9 +165,44 @@ pass() {
 
 heartbeat() { date +%s > "$HEARTBEAT_FILE" 2>/dev/null || true; }
 
+# With TLS: make the local Redis re-read its certificate files when their
+# content changed since it last did (and once at start). A checksum of the
+# contents, not a timestamp: Kubernetes replaces the files by a symlink swap.
+tls_loaded="" # checksum of the files the local Redis last (re)loaded
+tls_last_note=""
+tls_note() { # like note(), with its own memory (not interleaved with pass's)
+    if [[ "$1" != "$tls_last_note" ]]; then log "$1"; tls_last_note="$1"; fi
+}
+tls_reload() {
+    redis_tls_on || return 0
+    local sum reply
+    sum="$(cat "$REDIS_TLS_CERT_FILE" "$REDIS_TLS_KEY_FILE" "$REDIS_TLS_CA_CERT_FILE" 2>/dev/null | cksum)" || {
+        tls_note "TLS: cannot read $REDIS_TLS_CERT_FILE, $REDIS_TLS_KEY_FILE or $REDIS_TLS_CA_CERT_FILE (Secret mounted?)"
+        return 0
+    }
+    [[ "$sum" != "$tls_loaded" ]] || return 0
+    reply="$(rcli 127.0.0.1 CONFIG SET tls-cert-file "$REDIS_TLS_CERT_FILE" tls-key-file "$REDIS_TLS_KEY_FILE" \
+        tls-ca-cert-file "$REDIS_TLS_CA_CERT_FILE" | tr -d '\r')" || reply=""
+    if [[ "$reply" == OK ]]; then
+        if [[ -n "$tls_loaded" ]]; then
+            log "TLS: the certificate files changed: the local Redis re-read them (new connections use them)"
+        else
+            log "TLS: the local Redis (re)loaded its certificate files"
+        fi
+        tls_loaded="$sum" tls_last_note=""
+    elif [[ -n "$reply" ]]; then
+        tls_note "TLS: the local Redis refused the certificate files (it keeps the previous ones; retrying every pass): $reply"
+    else
+        # Redis still starting, or files redis-cli cannot use either (e.g. a
+        # key that does not match its certificate): Redis keeps what it has.
+        tls_note "TLS: no answer from the local Redis with these certificate files yet (starting, or unusable files?); retrying every pass"
+    fi
+}
+
 case "${1:-run}" in
     once)
         rc=0; pass || rc=$?
+        tls_reload
         exit "$rc"
         ;;
     check)
@@ -167,6 +218,7 @@ case "${1:-run}" in
         log "watching peers via ${PEER_HOSTS:-DNS name $HEADLESS_SERVICE} every ${MEET_INTERVAL}s"
         while true; do
             rc=0; pass || rc=$?
+            tls_reload
             heartbeat
             # Right after a (re)start redis needs a moment: look again after
             # 1 s rather than a full interval, so a restarted cluster heals fast.

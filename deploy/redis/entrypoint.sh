@@ -23,10 +23,21 @@
 #   REDIS_MAXMEMORY            optional, e.g. 384mb
 #   REDIS_PASSWORD             optional: requirepass + masterauth (the other
 #                              scripts then need REDISCLI_AUTH set to it)
+#   REDIS_TLS                  optional, yes|no (default no): TLS only (see
+#                              redis-tls.sh): port 0, tls-port REDIS_PORT,
+#                              tls-cluster yes, tls-replication yes and the
+#                              REDIS_TLS_CERT_FILE / _KEY_FILE / _CA_CERT_FILE
+#   REDIS_TLS_AUTH_CLIENTS     with TLS: yes|optional|no (default yes: every
+#                              client presents a certificate of the CA)
 set -euo pipefail
 
 log() { printf '%s entrypoint[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${HOSTNAME:-?}" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
+
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=redis-tls.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-tls.sh"
+redis_tls_init || die "bad TLS settings"
 
 REDIS_CONF="${REDIS_CONF:-/etc/redis/redis.conf}"
 DATA_DIR="${DATA_DIR:-/data}"
@@ -41,6 +52,13 @@ HOSTNAME="${HOSTNAME:-$(hostname)}"
 [[ -f "$REDIS_CONF" ]] || die "config file '$REDIS_CONF' not found"
 [[ -d "$DATA_DIR" ]] || die "data directory '$DATA_DIR' does not exist (is the volume mounted?)"
 [[ -w "$DATA_DIR" ]] || die "data directory '$DATA_DIR' is not writable by uid $(id -u) (fsGroup?)"
+if redis_tls_on; then # checked before nodes.conf is touched
+    auth_clients="${REDIS_TLS_AUTH_CLIENTS:-yes}"
+    [[ "$auth_clients" =~ ^(yes|no|optional)$ ]] || die "REDIS_TLS_AUTH_CLIENTS='$auth_clients': expected yes, no or optional"
+    for f in "$REDIS_TLS_CERT_FILE" "$REDIS_TLS_KEY_FILE" "$REDIS_TLS_CA_CERT_FILE"; do
+        [[ -r "$f" ]] || die "REDIS_TLS=yes but '$f' is missing or not readable by uid $(id -u) (is the Secret redis-tls mounted? see deploy/README.md, TLS)"
+    done
+fi
 
 # Guard against a volume that belongs to another pod (e.g. a hand-made PV bound
 # to the wrong claim): two pods with one node ID would corrupt the cluster.
@@ -96,9 +114,25 @@ fi
 args=(
     "$REDIS_CONF"
     --dir "$DATA_DIR"
-    --port "$REDIS_PORT"
-    --cluster-announce-ip "$POD_IP"
 )
+if redis_tls_on; then
+    # TLS only: no plain port; the client port, the cluster bus (port + 10000)
+    # and replication all use TLS with the mounted certificate.
+    args+=(
+        --port 0
+        --tls-port "$REDIS_PORT"
+        --tls-cluster yes
+        --tls-replication yes
+        --tls-cert-file "$REDIS_TLS_CERT_FILE"
+        --tls-key-file "$REDIS_TLS_KEY_FILE"
+        --tls-ca-cert-file "$REDIS_TLS_CA_CERT_FILE"
+        --tls-auth-clients "$auth_clients"
+    )
+    log "TLS only on port $REDIS_PORT (cluster bus and replication too; client certificates: $auth_clients)"
+else
+    args+=(--port "$REDIS_PORT")
+fi
+args+=(--cluster-announce-ip "$POD_IP")
 if [[ -n "${CLUSTER_ANNOUNCE_HOSTNAME:-}" ]]; then
     args+=(--cluster-announce-hostname "$CLUSTER_ANNOUNCE_HOSTNAME")
 fi

@@ -15,6 +15,7 @@
 # Environment: REDIS_PORT (default 6379), PRESTOP_TIMEOUT (default 20 s),
 # CMD_TIMEOUT (default 3), REDIS_CLI, PRESTOP_LOG_TO (optional extra log file).
 # Password: redis-cli reads it from REDISCLI_AUTH when the cluster uses one.
+# TLS: REDIS_TLS=yes and the certificate files (redis-tls.sh).
 set -uo pipefail
 
 REDIS_PORT="${REDIS_PORT:-6379}"
@@ -33,7 +34,11 @@ log() {
     printf '%s\n' "$line" >&2
     if [[ -n "$PRESTOP_LOG_TO" && -w "$PRESTOP_LOG_TO" ]]; then printf '%s\n' "$line" > "$PRESTOP_LOG_TO" 2>/dev/null || true; fi
 }
-rcli() { local h="$1" p="$2"; shift 2; timeout "$CMD_TIMEOUT" "$REDIS_CLI" -h "$h" -p "$p" "$@" 2>/dev/null | tr -d '\r'; }
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=redis-tls.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-tls.sh"
+redis_tls_init || { log "bad TLS settings; nothing handed over"; exit 0; }
+rcli() { local h="$1" p="$2"; shift 2; timeout "$CMD_TIMEOUT" "$REDIS_CLI" "${REDIS_CLI_TLS[@]}" -h "$h" -p "$p" "$@" 2>/dev/null | tr -d '\r'; }
 role() { rcli 127.0.0.1 "$REDIS_PORT" INFO replication | awk -F: '$1 == "role" { print $2; exit }'; }
 
 nodes="$(rcli 127.0.0.1 "$REDIS_PORT" CLUSTER NODES)" || { log "redis not answering; nothing to hand over"; exit 0; }

@@ -21,14 +21,19 @@
 # The reason for a failure is printed; the kubelet shows it in pod events.
 # Environment: REDIS_PORT (default 6379), CMD_TIMEOUT (default 3), REDIS_CLI.
 # Password: redis-cli reads it from REDISCLI_AUTH when the cluster uses one.
+# TLS: REDIS_TLS=yes and the certificate files (redis-tls.sh).
 set -euo pipefail
 
 REDIS_PORT="${REDIS_PORT:-6379}"
 CMD_TIMEOUT="${CMD_TIMEOUT:-3}"
 REDIS_CLI="${REDIS_CLI:-redis-cli}"
 REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=redis-tls.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-tls.sh"
+redis_tls_init || exit 2
 
-rcli() { timeout "$CMD_TIMEOUT" "$REDIS_CLI" -h "$REDIS_HOST" -p "$REDIS_PORT" "$@" 2>&1 | tr -d '\r'; }
+rcli() { timeout "$CMD_TIMEOUT" "$REDIS_CLI" "${REDIS_CLI_TLS[@]}" -h "$REDIS_HOST" -p "$REDIS_PORT" "$@" 2>&1 | tr -d '\r'; }
 field() { awk -F: -v k="$1" '$1 == k { print $2; exit }'; }
 fail() { echo "not ready: $*"; exit 1; }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Unit test of deploy/redis/entrypoint.sh's nodes.conf rewrite (no root, no
+# Unit test of deploy/redis/entrypoint.sh's nodes.conf rewrite and of the
+# redis-server arguments it builds, plain and with REDIS_TLS=yes (no root, no
 # network, no Redis needed: redis-server is replaced by a stub that prints its
 # arguments). Run: bash deploy/test/entrypoint-test.sh
 set -euo pipefail
@@ -98,6 +99,41 @@ elif grep -q "belongs to pod 'redis-0'" "$d/err2"; then ok "volume of another po
 if POD_IP='10.0.0.1;rm' HOSTNAME=redis-0 REDIS_CONF="$conf" DATA_DIR="$d" REDIS_SERVER="$stub" bash "$entry" > /dev/null 2>&1; then
     bad "garbage POD_IP must fail"
 else ok "garbage POD_IP is refused"; fi
+
+# --- optional TLS (REDIS_TLS=yes, deploy/k8s/tls) ----------------------------
+tls="$work/tls"; mkdir -p "$tls"
+for f in tls.crt tls.key ca.crt; do echo dummy > "$tls/$f"; done
+tls_env=(REDIS_TLS=yes REDIS_TLS_CERT_FILE="$tls/tls.crt" REDIS_TLS_KEY_FILE="$tls/tls.key" REDIS_TLS_CA_CERT_FILE="$tls/ca.crt")
+
+d="$work/tls-fresh"; mkdir -p "$d"
+if out="$(env "${tls_env[@]}" POD_IP=10.9.9.9 HOSTNAME=redis-0 REDIS_CONF="$conf" DATA_DIR="$d" REDIS_SERVER="$stub" bash "$entry" 2> /dev/null)" \
+    && [[ "$out" == "ARGS: $conf --dir $d --port 0 --tls-port 6379 --tls-cluster yes --tls-replication yes --tls-cert-file $tls/tls.crt --tls-key-file $tls/tls.key --tls-ca-cert-file $tls/ca.crt --tls-auth-clients yes --cluster-announce-ip 10.9.9.9" ]]; then
+    ok "TLS: TLS-only arguments (port 0, tls-port, cluster bus + replication, client certificates required)"
+else bad "TLS arguments: $out"; fi
+
+run_case tls-rewrite 10.9.9.9 \
+"a1b2 10.1.0.1:6379@16379 myself,master - 0 0 1 connected 0-16383
+" \
+"a1b2 10.9.9.9:6379@16379 myself,master - 0 0 1 connected 0-16383" "${tls_env[@]}"
+
+d="$work/tls-missing"; mkdir -p "$d"
+printf 'a 1.1.1.1:6379@16379 myself,master - 0 0 1 connected\n' > "$d/nodes.conf"; cp "$d/nodes.conf" "$d/orig"
+if env "${tls_env[@]}" REDIS_TLS_KEY_FILE="$tls/missing.key" POD_IP=10.9.9.9 HOSTNAME=redis-0 REDIS_CONF="$conf" DATA_DIR="$d" \
+    REDIS_SERVER="$stub" bash "$entry" > /dev/null 2> "$d/err"; then
+    bad "TLS: a missing key file must fail"
+elif grep -q 'missing.key. is missing' "$d/err" && cmp -s "$d/nodes.conf" "$d/orig"; then ok "TLS: a missing key file is refused before nodes.conf is touched"
+else bad "TLS: missing key file: $(cat "$d/err")"; fi
+
+d="$work/tls-typo"; mkdir -p "$d"
+if env REDIS_TLS=true POD_IP=10.9.9.9 HOSTNAME=redis-0 REDIS_CONF="$conf" DATA_DIR="$d" REDIS_SERVER="$stub" bash "$entry" > /dev/null 2> "$d/err"; then
+    bad "TLS: REDIS_TLS=true (not yes/no) must fail"
+elif grep -q "REDIS_TLS='true': expected yes or no" "$d/err"; then ok "TLS: REDIS_TLS other than yes/no is refused"
+else bad "TLS: REDIS_TLS typo message: $(cat "$d/err")"; fi
+
+if env "${tls_env[@]}" REDIS_TLS_AUTH_CLIENTS=maybe POD_IP=10.9.9.9 HOSTNAME=redis-0 REDIS_CONF="$conf" DATA_DIR="$d" \
+    REDIS_SERVER="$stub" bash "$entry" > /dev/null 2>&1; then
+    bad "TLS: REDIS_TLS_AUTH_CLIENTS=maybe must fail"
+else ok "TLS: a bad REDIS_TLS_AUTH_CLIENTS is refused"; fi
 
 echo "entrypoint-test: $passed passed, $failed failed"
 [[ "$failed" -eq 0 ]]

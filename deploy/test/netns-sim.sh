@@ -23,6 +23,10 @@
 #   E  a replica pod comes back with an EMPTY volume (new node ID): the
 #      sidecars must not join it on their own; the README's repair procedure
 #      (CLUSTER FORGET + redis-cli --cluster add-node) is run and checked.
+#   R  (SIM_TLS=1 only) certificate rotation: a renewed certificate is swapped
+#      into the "Secret" directory as the kubelet does (rename of ..data);
+#      every node (through its cluster-meet sidecar) and slotmux's listener
+#      must serve it, without a restart, while keys stay readable.
 # Printed: seconds from the restart to cluster_state:ok with 16384 slots
 # served on every node, to a full mesh, and to all keys readable via slotmux.
 #
@@ -39,10 +43,14 @@
 #
 # Environment: SLOTMUX_BIN, SIM_REDIS_ONLY (0), SIM_KEYS (1000),
 # SIM_TIMEOUT (900 s overall), SIM_HEAL_TIMEOUT (120 s per scenario),
-# SIM_SCENARIOS ("A B C D E"), SIM_KEEP (1 = keep the work dir with logs),
+# SIM_SCENARIOS ("A B C D E", with SIM_TLS=1 "A B C D E R"), SIM_KEEP (1 = keep the work dir with logs),
 # SIM_MEET (0 = no cluster-meet sidecar: control experiment, C and D must fail),
 # SIM_PASSWORD (run the cluster with requirepass/masterauth, slotmux with
-# SLOTMUX_BACKEND_PASSWORD, as with the optional redis-auth Secret).
+# SLOTMUX_BACKEND_PASSWORD, as with the optional redis-auth Secret),
+# SIM_TLS (1 = everything over TLS as with the deploy/k8s/tls overlay: a CA
+# and a certificate for the namespace "sim" made with openssl, REDIS_TLS=yes
+# for every script, redis-cli --tls for every check, slotmux with
+# --listen off --tls-listen :6380 and --backend-tls; needs openssl).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,7 +61,8 @@ SIM_TIMEOUT="${SIM_TIMEOUT:-900}"
 SIM_HEAL_TIMEOUT="${SIM_HEAL_TIMEOUT:-120}"
 SIM_KEYS="${SIM_KEYS:-1000}"
 SIM_REDIS_ONLY="${SIM_REDIS_ONLY:-0}"
-SIM_SCENARIOS="${SIM_SCENARIOS:-A B C D E}"
+SIM_TLS="${SIM_TLS:-0}"
+if [[ "$SIM_TLS" == 1 ]]; then SIM_SCENARIOS="${SIM_SCENARIOS:-A B C D E R}"; else SIM_SCENARIOS="${SIM_SCENARIOS:-A B C D E}"; fi
 SIM_KEEP="${SIM_KEEP:-0}"
 SIM_MEET="${SIM_MEET:-1}"
 SIM_PASSWORD="${SIM_PASSWORD:-}"
@@ -74,6 +83,7 @@ ip netns list > /dev/null 2>&1 || skip "'ip netns' is not available here"
 for t in redis-server redis-cli curl timeout flock getent awk python3; do
     command -v "$t" > /dev/null || die "'$t' is required (apt-get install -y redis-server redis-tools curl)"
 done
+if [[ "$SIM_TLS" == 1 ]]; then command -v openssl > /dev/null || die "SIM_TLS=1 needs openssl"; fi
 if [[ "$SIM_REDIS_ONLY" != 1 && ! -x "$SLOTMUX_BIN" ]]; then
     die "slotmux binary not found at $SLOTMUX_BIN: build it (cargo build) or set SLOTMUX_BIN; SIM_REDIS_ONLY=1 checks the Redis side alone"
 fi
@@ -98,6 +108,34 @@ N=6
 SEEDS="redis-0.redis-headless:6379,redis-1.redis-headless:6379,redis-2.redis-headless:6379,redis-3.redis-headless:6379,redis-4.redis-headless:6379,redis-5.redis-headless:6379"
 
 work="$(mktemp -d /tmp/slotmux-netns-sim.XXXXXX)"
+
+# --- TLS (SIM_TLS=1): the overlay's setup ----------------------------------------
+# Every script started below inherits REDIS_TLS and the file paths (as the
+# containers get them from the overlay); every redis-cli check uses CLI_TLS.
+CLI_TLS=()
+SLOTMUX_CLIENT_PORT=6379
+if [[ "$SIM_TLS" == 1 ]]; then
+    tls_ca="$work/tls-ca"       # the CA and the openssl inputs (not mounted in pods)
+    tls_dir="$work/tls-secret"  # what the kubelet makes of the Secret: files -> ..data/ -> ..vN/
+    mkdir -p "$tls_ca" "$tls_dir/..v1"
+    ( # as deploy/README.md, "TLS", for the namespace "sim"
+        cd "$tls_ca"
+        openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -sha256 -days 30 \
+            -subj "/CN=slotmux sim CA" -keyout ca.key -out ca.crt \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        printf '%s\n' "basicConstraints = critical,CA:FALSE" "keyUsage = critical,digitalSignature" \
+            "extendedKeyUsage = serverAuth,clientAuth" \
+            "subjectAltName = DNS:redis-headless.sim.svc, DNS:*.redis-headless.sim.svc.cluster.local, DNS:slotmux.sim.svc, DNS:localhost, IP:127.0.0.1" > tls.ext
+        openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=redis-headless.sim.svc" -keyout tls.key -out tls.csr
+        openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -extfile tls.ext -out tls.crt
+    ) > "$work/tls.log" 2>&1 || { cat "$work/tls.log"; die "could not make the TLS certificates"; }
+    cp "$tls_ca/tls.crt" "$tls_ca/tls.key" "$tls_ca/ca.crt" "$tls_dir/..v1/"
+    ln -s ..v1 "$tls_dir/..data"
+    for f in tls.crt tls.key ca.crt; do ln -s "..data/$f" "$tls_dir/$f"; done
+    export REDIS_TLS=yes REDIS_TLS_CERT_FILE="$tls_dir/tls.crt" REDIS_TLS_KEY_FILE="$tls_dir/tls.key" REDIS_TLS_CA_CERT_FILE="$tls_dir/ca.crt"
+    CLI_TLS=(--tls --cert "$REDIS_TLS_CERT_FILE" --key "$REDIS_TLS_KEY_FILE" --cacert "$REDIS_TLS_CA_CERT_FILE")
+    SLOTMUX_CLIENT_PORT=6380
+fi
 declare -a POD_IP=() REDIS_PID=() MEET_PID=() prev=()
 SLOTMUX_PID="" TRAFFIC_PID=""
 next_ip=11
@@ -274,9 +312,9 @@ pod_reap() { # pod_reap I: wait (30 s = terminationGracePeriodSeconds), then del
 pod_stop() { pod_signal "$1" "$2"; pod_reap "$1"; }
 
 # --- observation (from the proxy namespace, as an app pod would) -------------
-pcli() { timeout 5 ip netns exec "$PROXY_NS" redis-cli "$@" 2> /dev/null | tr -d '\r'; }
-pcli_t() { local t="$1"; shift; timeout "$t" ip netns exec "$PROXY_NS" redis-cli "$@" 2> /dev/null | tr -d '\r'; }
-pcli_noauth_t() { local t="$1"; shift; timeout "$t" env -u REDISCLI_AUTH ip netns exec "$PROXY_NS" redis-cli "$@" 2> /dev/null | tr -d '\r'; }
+pcli() { timeout 5 ip netns exec "$PROXY_NS" redis-cli "${CLI_TLS[@]}" "$@" 2> /dev/null | tr -d '\r'; }
+pcli_t() { local t="$1"; shift; timeout "$t" ip netns exec "$PROXY_NS" redis-cli "${CLI_TLS[@]}" "$@" 2> /dev/null | tr -d '\r'; }
+pcli_noauth_t() { local t="$1"; shift; timeout "$t" env -u REDISCLI_AUTH ip netns exec "$PROXY_NS" redis-cli "${CLI_TLS[@]}" "$@" 2> /dev/null | tr -d '\r'; }
 node_cli() { local i="$1"; shift; pcli -h "${POD_IP[$i]}" -p 6379 "$@"; }
 
 # "cluster ok" on EVERY node: cluster_state:ok, 16384 slots served, exactly N
@@ -307,12 +345,13 @@ replicas_ok_all() { # 3 masters with slots, each replica linked to its master an
     done
 }
 
+ENTRY=redis-0.redis-headless # first node `redis-cli -c` asks (SIM_REDIS_ONLY=1)
 key_cli() { # key_cli TIMEOUT: the client path under test, commands on stdin
     if [[ "$SIM_REDIS_ONLY" == 1 ]]; then
         # redis-cli -c prints "-> Redirected to slot ..." lines: drop them
-        pcli_t "$1" -c -h redis-0.redis-headless -p 6379 | grep -v '^-> Redirected'
+        pcli_t "$1" -c -h "$ENTRY" -p 6379 | grep -v '^-> Redirected'
     else # slotmux at 127.0.0.1:6379 in the proxy namespace (the sidecar pattern)
-        pcli_noauth_t "$1" -h 127.0.0.1 -p 6379   # slotmux itself asks clients for no password
+        pcli_noauth_t "$1" -h 127.0.0.1 -p "$SLOTMUX_CLIENT_PORT"   # slotmux itself asks clients for no password
     fi
 }
 write_keys() {
@@ -358,10 +397,16 @@ replica_pod() { # index of a pod that is currently a replica
 role_of() { node_cli "$1" INFO replication | awk -F: '$1 == "role" { print $2 }'; }
 
 start_slotmux() {
-    local auth=()
+    local auth=() listen=(--listen 0.0.0.0:6379)
     [[ -z "$SIM_PASSWORD" ]] || auth=(SLOTMUX_BACKEND_PASSWORD="$SIM_PASSWORD")
+    if [[ "$SIM_TLS" == 1 ]]; then # as deploy/k8s/tls/slotmux-deployment-tls.yaml
+        listen=(--listen off --tls-listen 0.0.0.0:6380 --tls-cert-file "$REDIS_TLS_CERT_FILE" --tls-key-file "$REDIS_TLS_KEY_FILE"
+            --tls-auth-clients no --backend-tls --backend-tls-ca-cert-file "$REDIS_TLS_CA_CERT_FILE"
+            --backend-tls-cert-file "$REDIS_TLS_CERT_FILE" --backend-tls-key-file "$REDIS_TLS_KEY_FILE"
+            --backend-tls-server-name redis-headless.sim.svc)
+    fi
     ip netns exec "$PROXY_NS" env RUST_LOG=info "${auth[@]}" \
-        "$SLOTMUX_BIN" --listen 0.0.0.0:6379 --seeds "$SEEDS" \
+        "$SLOTMUX_BIN" "${listen[@]}" --seeds "$SEEDS" \
         --metrics-listen 0.0.0.0:9898 --log-format text >> "$work/logs/slotmux.log" 2>&1 &
     SLOTMUX_PID=$!
 }
@@ -385,7 +430,7 @@ heal() { # heal LABEL T0: wait for health and keys, record the times
 }
 
 # ============================================================================
-say "work dir $work; redis $(redis-server --version | awk '{ print $3 }'); slotmux: $([[ "$SIM_REDIS_ONLY" == 1 ]] && echo 'not used (SIM_REDIS_ONLY=1)' || echo "$SLOTMUX_BIN")"
+say "work dir $work; redis $(redis-server --version | awk '{ print $3 }'); slotmux: $([[ "$SIM_REDIS_ONLY" == 1 ]] && echo 'not used (SIM_REDIS_ONLY=1)' || echo "$SLOTMUX_BIN")$([[ "$SIM_TLS" == 1 ]] && echo '; TLS everywhere (SIM_TLS=1)')"
 net_up
 for i in $(seq 0 $((N - 1))); do alloc_ip; pod_start "$i" "$NEW_IP"; done
 say "6 pods started: ${POD_IP[*]}"
@@ -408,6 +453,12 @@ for i in $(seq 0 $((N - 1))); do
     ip netns exec "$(pod_ns "$i")" bash "$redis_dir/probe.sh" readiness > /dev/null || die "readiness probe fails on redis-$i"
 done
 say "readiness probe (probe.sh readiness) passes on all 6 pods"
+if [[ "$SIM_TLS" == 1 ]]; then
+    [[ "$(timeout 5 ip netns exec "$PROXY_NS" redis-cli -h "${POD_IP[0]}" -p 6379 PING 2> /dev/null)" != PONG ]] || die "TLS set but redis-0 answers in plain text"
+    [[ "$(timeout 5 ip netns exec "$PROXY_NS" redis-cli --tls --cacert "$REDIS_TLS_CA_CERT_FILE" -h "${POD_IP[0]}" -p 6379 PING 2> /dev/null)" != PONG ]] \
+        || die "TLS set but redis-0 answers without a client certificate"
+    say "TLS only: redis-0 refuses plain connections and TLS without a client certificate; the cluster was created and checked over TLS"
+fi
 if [[ -n "$SIM_PASSWORD" ]]; then
     [[ "$(pcli_noauth_t 5 -h "${POD_IP[0]}" -p 6379 PING)" == NOAUTH* ]] || die "password set but redis-0 answers without AUTH"
     say "password authentication is enforced (PING without AUTH: NOAUTH)"
@@ -419,6 +470,13 @@ if [[ "$SIM_REDIS_ONLY" != 1 ]]; then
     t0="$(now)"
     wait_until "slotmux /readyz" "$t0" slotmux_ready > /dev/null
     say "slotmux is ready (/readyz 200) after $(secs "$t0" "$(now)")s"
+    if [[ "$SIM_TLS" == 1 ]]; then
+        [[ "$(timeout 5 ip netns exec "$PROXY_NS" redis-cli -h 127.0.0.1 -p 6379 PING 2> /dev/null)" != PONG ]] || die "slotmux answers in plain text on 6379 (--listen off)"
+        # the README's connect command: only the CA, no client certificate
+        [[ "$(timeout 5 ip netns exec "$PROXY_NS" redis-cli --tls --cacert "$REDIS_TLS_CA_CERT_FILE" -h 127.0.0.1 -p 6380 PING 2> /dev/null)" == PONG ]] \
+            || die "redis-cli --tls --cacert ca.crt -p 6380 PING does not answer PONG"
+        say "slotmux: TLS only (nothing on 6379); redis-cli --tls --cacert ca.crt -p 6380 PING answers PONG"
+    fi
 fi
 write_keys
 keys_ok || die "keys written but not read back"
@@ -510,6 +568,8 @@ for s in $SIM_SCENARIOS; do
             r="$(replica_pod)" || die "no replica found"
             old_id="$(node_cli "$r" CLUSTER MYID)"
             say "scenario E: replica pod redis-$r comes back with an EMPTY volume (new node ID) and a new IP"
+            # redis-cli -c must not start at the emptied node (it is in no cluster)
+            ENTRY="redis-$(((r + 1) % N)).redis-headless"
             pod_stop "$r" kill
             rm -rf "${work:?}/pv/redis-$r"
             alloc_ip; pod_start "$r" "$NEW_IP"
@@ -528,6 +588,38 @@ for s in $SIM_SCENARIOS; do
             pcli_t 60 --cluster add-node "${POD_IP[$r]}:6379" "${POD_IP[$(((r + 1) % N))]}:6379" --cluster-slave \
                 >> "$work/logs/repair.log" || die "E: redis-cli --cluster add-node failed"
             heal "E: empty volume, FORGET + add-node" "$t0"
+            ENTRY=redis-0.redis-headless
+            ;;
+        R)
+            [[ "$SIM_TLS" == 1 ]] || die "scenario R needs SIM_TLS=1"
+            serial_at() { # serial_at IP PORT: serial of the certificate served there
+                timeout 5 ip netns exec "$PROXY_NS" openssl s_client -connect "$1:$2" -cert "$REDIS_TLS_CERT_FILE" \
+                    -key "$REDIS_TLS_KEY_FILE" -CAfile "$REDIS_TLS_CA_CERT_FILE" < /dev/null 2> /dev/null \
+                    | openssl x509 -noout -serial 2> /dev/null
+            }
+            all_serve() { # all_serve SERIAL: every node and slotmux (unless SIM_REDIS_ONLY) serve it
+                local i
+                for i in $(seq 0 $((N - 1))); do [[ "$(serial_at "${POD_IP[$i]}" 6379)" == "$1" ]] || return 1; done
+                [[ "$SIM_REDIS_ONLY" == 1 || "$(serial_at 127.0.0.1 6380)" == "$1" ]]
+            }
+            old_serial="serial=$(openssl x509 -in "$REDIS_TLS_CERT_FILE" -noout -serial | cut -d= -f2)"
+            all_serve "$old_serial" || die "R: not every node serves the current certificate $old_serial"
+            mkdir -p "$tls_dir/..v2"
+            (cd "$tls_ca" && openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+                -extfile tls.ext -out "$tls_dir/..v2/tls.crt") > /dev/null 2>&1 || die "R: could not renew the certificate"
+            cp "$tls_ca/tls.key" "$tls_ca/ca.crt" "$tls_dir/..v2/"
+            new_serial="serial=$(openssl x509 -in "$tls_dir/..v2/tls.crt" -noout -serial | cut -d= -f2)"
+            say "scenario R: renewed certificate ($old_serial -> $new_serial) swapped in as the kubelet does"
+            traffic_start
+            t0="$(now)"
+            ln -s ..v2 "$tls_dir/..data_tmp" && mv -T "$tls_dir/..data_tmp" "$tls_dir/..data"
+            t_all="$(wait_until "R: every node$([[ "$SIM_REDIS_ONLY" == 1 ]] || echo ' and slotmux') serving the renewed certificate" "$t0" all_serve "$new_serial")"
+            say "scenario R: every node$([[ "$SIM_REDIS_ONLY" == 1 ]] || echo ' and slotmux:6380') serve the renewed certificate after ${t_all}s, without a restart"
+            keys_ok || die "R: keys not readable after the rotation"
+            errs="$(traffic_stop)"
+            say "scenario R: all $SIM_KEYS keys readable; client attempts that failed during the rotation: $errs"
+            report "R: certificate rotation (all serve the new one)" "" "$t_all" ""
+            report "   (client attempts failed, whole scenario)" "" "$errs" ""
             ;;
         *) die "unknown scenario '$s'" ;;
     esac
@@ -558,7 +650,7 @@ if [[ "$SIM_REDIS_ONLY" != 1 ]]; then
 fi
 
 echo
-echo "netns-sim recovery times (seconds from the restart; keys via $([[ "$SIM_REDIS_ONLY" == 1 ]] && echo 'redis-cli -c' || echo slotmux)):"
+echo "netns-sim recovery times (seconds from the restart; keys via $([[ "$SIM_REDIS_ONLY" == 1 ]] && echo 'redis-cli -c' || echo slotmux)$([[ "$SIM_TLS" == 1 ]] && echo ', all over TLS')):"
 printf '%-44s %12s %12s %12s\n' "scenario" "cluster ok" "keys ok" "replicas ok"
 printf '%s\n' "${REPORT[@]}"
 echo "netns-sim: $(wc -w <<< "$SIM_SCENARIOS") passed, 0 failed"
