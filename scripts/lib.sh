@@ -20,6 +20,19 @@ ensure_redis() {
   fi
 }
 
+# Installs openssl (the TLS tests make their certificates with it) when missing.
+ensure_openssl() {
+  if command -v openssl >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing openssl with apt-get..." >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl is missing: install it (Debian/Ubuntu: sudo apt-get install -y openssl)" >&2
+    return 1
+  fi
+}
+
 ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is missing: install Rust from your distribution or rustup" >&2

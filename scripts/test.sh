@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs slotmux's whole test suite: formatting, lints, unit tests, integration tests against
 # real Redis Clusters, Redis's own test suite through slotmux, and the deploy/ checks. Installs
-# what is missing (as root: redis-server with apt-get, the Python redis client with pip).
+# what is missing (as root: redis-server and openssl with apt-get, the Python redis client with pip).
 #   scripts/test.sh                everything
 #   QUICK=1 scripts/test.sh        skip the deploy/ network-namespace simulation
 #   SKIP_FUZZ=1 scripts/test.sh    skip the bounded fuzz run (FUZZ_SECONDS per target, default 15)
@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis
+ensure_openssl
 ensure_cargo
 # The benches' end-to-end allocation count needs a real redis-server: here it must not skip.
 export SLOTMUX_REQUIRE_REDIS=1

@@ -29,6 +29,8 @@ pub struct View {
     pub ssub: usize,
     /// Commands queued in MULTI, or -1.
     pub multi: i64,
+    /// The ACL user it authenticated as (`--auth-mode passthrough`); `None`: default.
+    pub user: Option<std::sync::Arc<str>>,
 }
 
 /// One connected client.
@@ -126,7 +128,7 @@ impl ClientEntry {
             flags.push('N');
         }
         format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
             self.id,
             self.addr,
             self.laddr,
@@ -144,6 +146,7 @@ impl ClientEntry {
             v.multi,
             qbuf,
             crate::command::command_name(self.cmd.load(Ordering::Relaxed)),
+            v.user.as_deref().unwrap_or("default"),
             v.resp,
         )
     }

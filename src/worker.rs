@@ -260,6 +260,12 @@ impl Worker {
         Some(taken.unwrap_or_else(open))
     }
 
+    /// The name of `user` for CLIENT LIST (`None`: default).
+    pub fn user_name(&self, user: UserId) -> Option<Arc<str>> {
+        let creds = self.creds(user)?;
+        creds.user.as_deref().map(Arc::from)
+    }
+
     /// What user `user`'s links authenticate as.
     fn creds(&self, user: UserId) -> Option<Arc<Credentials>> {
         match user {

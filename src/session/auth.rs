@@ -123,7 +123,11 @@ impl Session {
         if self.user != 0 {
             self.worker.leave_user(self.user);
         }
+        let changed = self.user != user;
         self.user = user;
+        if changed {
+            self.publish_view();
+        }
     }
 
     /// Whether reading must wait for an AUTH's answer.

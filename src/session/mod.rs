@@ -474,7 +474,9 @@ impl Session {
         let resp = self.proto.number();
         let (sub, psub, ssub) = self.pubsub_counts();
         let multi = self.multi_count();
+        let user = self.worker.user_name(self.user);
         self.me.set_view(|v| {
+            v.user = user;
             v.name = name;
             v.resp = resp;
             v.sub = sub;

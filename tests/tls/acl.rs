@@ -11,7 +11,7 @@ use crate::{backend_config, cluster};
 
 /// Users on every node: `app` may only GET/SET/BLPOP/RPUSH `app:*` keys and use `app:*`
 /// channels; `admin` may do anything.
-fn users() {
+pub fn users() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let c = cluster();
@@ -77,6 +77,7 @@ fn ok(con: &mut redis::Connection, args: &[&str]) -> redis::Value {
 
 #[test]
 fn each_user_keeps_its_own_permissions_through_one_proxy() {
+    let _g = crate::shared_use();
     let p = passthrough(|_| {});
     let mut app = p.conn();
     ok(&mut app, &["AUTH", "app", "app-secret"]);
@@ -136,6 +137,7 @@ fn each_user_keeps_its_own_permissions_through_one_proxy() {
 
 #[test]
 fn commands_after_auth_run_as_the_new_user_even_pipelined() {
+    let _g = crate::shared_use();
     let p = passthrough(|_| {});
     let mut s = p.raw();
     // One write: the SET must not overtake the AUTH's check.
@@ -166,7 +168,13 @@ fn commands_after_auth_run_as_the_new_user_even_pipelined() {
     // The password is nowhere slotmux shows.
     let mut admin = p.conn();
     ok(&mut admin, &["AUTH", "admin", "admin-secret"]);
-    let list = format!("{:?}", ok(&mut admin, &["CLIENT", "LIST"]));
+    let list = match ok(&mut admin, &["CLIENT", "LIST"]) {
+        redis::Value::VerbatimString { text, .. } => text,
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        v => panic!("CLIENT LIST: {v:?}"),
+    };
+    assert!(list.contains("user=app "), "{list}");
+    assert!(list.contains("user=admin "), "{list}");
     let slow = format!("{:?}", ok(&mut admin, &["SLOWLOG", "GET", "128"]));
     let (_, metrics) = p.http_get("/metrics");
     for shown in [&list, &slow, &metrics] {
@@ -187,6 +195,7 @@ fn shared_connections(p: &Proxy) -> f64 {
 
 #[test]
 fn users_with_connections_of_their_own_are_bounded_and_closed_when_idle() {
+    let _g = crate::shared_use();
     let p = passthrough(|cfg| {
         cfg.max_backend_users = 1;
         cfg.backend_user_idle_timeout = Duration::from_secs(1);

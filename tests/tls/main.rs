@@ -7,11 +7,12 @@
 mod support;
 
 mod acl;
+mod failover;
 mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use support::{free_port, redis_server_cmd, spawn, temp_dir, wait_until};
 
@@ -141,6 +142,14 @@ impl Drop for TlsCluster {
 }
 
 impl TlsCluster {
+    /// `kill -9` of the node on `port`.
+    pub fn kill(&self, port: u16) {
+        let i = self.ports.iter().position(|&p| p == port).unwrap();
+        let mut nodes = self.nodes.lock().unwrap();
+        let _ = nodes[i].kill();
+        let _ = nodes[i].wait();
+    }
+
     /// redis-cli with the TLS flags (client certificate `client`) against `port`.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -216,8 +225,27 @@ impl TlsCluster {
                     .contains("cluster_state:ok")
             });
         }
+        // A replica that never synced refuses to fail over ("Disconnected from master for
+        // longer than allowed"): the failover test needs every one in sync.
+        for &port in &ports {
+            wait_until("replication to be up", Duration::from_secs(30), || {
+                let info = c.cli(port, &["INFO", "replication"]);
+                info.contains("master_link_status:up") || info.contains("connected_slaves:1")
+            });
+        }
         c
     }
+}
+
+/// Tests share the cluster; the one that kills a master has it to itself.
+static CLUSTER_USE: RwLock<()> = RwLock::new(());
+
+pub fn shared_use() -> RwLockReadGuard<'static, ()> {
+    CLUSTER_USE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn exclusive_use() -> RwLockWriteGuard<'static, ()> {
+    CLUSTER_USE.write().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn cluster() -> &'static TlsCluster {

@@ -31,6 +31,7 @@ fn client_failures(p: &Proxy) -> f64 {
 
 #[test]
 fn every_connection_kind_works_over_tls_on_both_sides() {
+    let _g = crate::shared_use();
     let c = cluster();
     let p = tls_proxy(|_| {});
     let addr = p.tls_addr.unwrap();
@@ -97,6 +98,7 @@ fn every_connection_kind_works_over_tls_on_both_sides() {
 
 #[test]
 fn bad_tls_clients_are_refused_cleanly_and_counted() {
+    let _g = crate::shared_use();
     let c = cluster();
     let p = tls_proxy(|_| {});
     let addr = p.tls_addr.unwrap();
@@ -148,6 +150,7 @@ fn bad_tls_clients_are_refused_cleanly_and_counted() {
 
 #[test]
 fn a_node_certificate_without_the_expected_name_is_refused() {
+    let _g = crate::shared_use();
     let c = cluster();
     let seeds: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let mut cfg = backend_config(c);
@@ -176,6 +179,7 @@ fn replace(dir: &std::path::Path, src: &str, dst: &str) {
 
 #[test]
 fn certificates_are_reloaded_while_clients_run() {
+    let _g = crate::shared_use();
     let c = cluster();
     let dir = &c.certs.dir;
     // Files of this test's own, to rotate.
