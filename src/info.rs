@@ -302,7 +302,8 @@ fn summed(nodes: &[BTreeMap<String, Vec<(String, String)>>], section: &str) -> S
     join(&merged_lines(nodes, section))
 }
 
-/// One section over every master: integers summed, `*_human` sizes rewritten from their
+/// One section over every master: integers summed (cached scripts: the largest count),
+/// `*_human` sizes rewritten from their
 /// summed base, `key=value,...` lists summed field by field, anything else from the first
 /// master that has it. Keys keep the first master's order.
 fn merged_lines(
@@ -316,7 +317,14 @@ fn merged_lines(
                 None => out.push((k.clone(), v.clone())),
                 Some(l) => {
                     if let (Ok(a), Ok(b)) = (l.1.parse::<i64>(), v.parse::<i64>()) {
-                        l.1 = (a + b).to_string();
+                        // SCRIPT LOAD reaches every master: one Redis would count each
+                        // script once, not once per master.
+                        l.1 = if k == "number_of_cached_scripts" {
+                            a.max(b)
+                        } else {
+                            a + b
+                        }
+                        .to_string();
                     } else if l.1.contains('=') {
                         l.1 = sum_fields(&l.1, v);
                     }

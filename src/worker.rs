@@ -266,6 +266,25 @@ impl Worker {
         creds.user.as_deref().map(Arc::from)
     }
 
+    /// A master with a request on one of this worker's shared links sent before `before`
+    /// and still unanswered: busy with a script past its busy threshold, or with a slow
+    /// command. Scans the link table: for PING only, never per data command.
+    pub fn slow_master(
+        &self,
+        topo: &crate::cluster::Topology,
+        before: Instant,
+    ) -> Option<Arc<Node>> {
+        let tables = self.links.borrow();
+        tables
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|l| l.oldest_wait().is_some_and(|t| t < before))
+            .map(|l| &l.node)
+            .find(|n| topo.masters.iter().any(|m| Arc::ptr_eq(m, n)))
+            .cloned()
+    }
+
     /// What user `user`'s links authenticate as.
     fn creds(&self, user: UserId) -> Option<Arc<Credentials>> {
         match user {

@@ -135,6 +135,20 @@ impl Session {
         let now = self.now;
         match route {
             Route::Transaction(_) | Route::Subscribe(_) => {}
+            Route::Forward(Target::AnyMaster) if spec.name == "function|stats" => {
+                // The running script is on the master that is busy, if one is: it answers
+                // FUNCTION STATS (allowed while busy) on a connection of its own.
+                let slow = self
+                    .now
+                    .checked_sub(super::local::BUSY_SUSPECT)
+                    .and_then(|b| self.worker.slow_master(self.topo.load(), b));
+                let f = match slow {
+                    Some(node) => Flight::new(frame, Target::Node(node), true).via(Via::Fresh),
+                    None => Flight::new(frame, Target::AnyMaster, true),
+                };
+                let n = self.push(Entry::One(f));
+                self.send(tag(n, 0), now);
+            }
             Route::Forward(target) => {
                 let mut f = Flight::new(frame, target, readonly);
                 f.replica = readonly && self.reads_on_replicas();

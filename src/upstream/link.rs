@@ -352,6 +352,11 @@ impl Link {
         }
     }
 
+    /// When the oldest request still waiting for its reply was sent.
+    pub fn oldest_wait(&self) -> Option<Instant> {
+        self.st.borrow().waiting.front().map(|w| w.sent)
+    }
+
     /// The worker's tick: drops a shared link whose oldest request waited longer than `limit`
     /// (a hung node), and flushes its metric counts.
     pub fn tick(&self, now: Instant, limit: Duration) {
@@ -433,6 +438,10 @@ impl Link {
                     if let Err(e) = self.dispatch(st, io) {
                         return Poll::Ready(End::Broken(e));
                     }
+                }
+                // A TLS node that dies sends no close_notify: it closed, like a plain one.
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(End::Broken("closed by peer".into()))
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Broken(e.to_string())),
                 Poll::Pending => {}

@@ -1026,3 +1026,75 @@ fn client_pause_holds_writes_until_unpause() {
     );
     c.wait_healthy();
 }
+
+/// A script past the busy threshold blocks its master as one Redis is blocked: PING through
+/// slotmux answers BUSY (that master answers it, on a connection of its own), FUNCTION STATS
+/// shows the running script, SCRIPT KILL ends it, and PING is PONG again.
+#[test]
+fn a_busy_script_shows_in_ping_and_can_be_killed() {
+    use std::io::Write;
+    let (_serial, c) = cluster();
+    let p = Proxy::for_cluster(c);
+    let mut admin = p.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg("10")
+        .query(&mut admin)
+        .unwrap();
+    let lib = "#!lua name=busylib\nredis.register_function('spin', function() local a = 1 while true do a = a + 1 end end)";
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(lib)
+        .query(&mut admin)
+        .unwrap();
+    // Nothing slow yet: PING is answered by slotmux.
+    let pong: String = redis::cmd("PING").query(&mut admin).unwrap();
+    assert_eq!(pong, "PONG");
+
+    let mut spinner = p.raw();
+    spinner
+        .write_all(&support::encode(&["FCALL", "spin", "0"]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r: redis::RedisResult<String> = redis::cmd("PING").query(&mut admin);
+    let e = r.expect_err("PING answered while a master runs a busy script");
+    assert_eq!(e.code(), Some("BUSY"), "{e}");
+    let stats: redis::Value = redis::cmd("FUNCTION")
+        .arg("STATS")
+        .query(&mut admin)
+        .unwrap();
+    assert!(
+        format!("{stats:?}").contains("spin"),
+        "FUNCTION STATS does not show the running function: {stats:?}"
+    );
+    let _: () = redis::cmd("FUNCTION")
+        .arg("KILL")
+        .query(&mut admin)
+        .unwrap();
+    wait_until("PING to answer PONG again", Duration::from_secs(10), || {
+        redis::cmd("PING").query::<String>(&mut admin).is_ok()
+    });
+    let killed = support::read_reply_string(&mut spinner);
+    assert!(killed.contains("killed"), "{killed}");
+    // A client's own pending request does not turn its PING into BUSY (Redis answers the
+    // pipelined PING after the request).
+    let mut s = p.raw();
+    let mut batch = support::encode(&["EVAL", "local t = redis.call('TIME') return 1", "0"]);
+    batch.extend(support::encode(&["PING"]));
+    s.write_all(&batch).unwrap();
+    assert_eq!(support::read_reply_string(&mut s), ":1\r\n");
+    assert_eq!(support::read_reply_string(&mut s), "+PONG\r\n");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg("5000")
+        .query(&mut admin)
+        .unwrap();
+    let _: () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg("busylib")
+        .query(&mut admin)
+        .unwrap();
+}
