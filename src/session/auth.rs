@@ -78,11 +78,11 @@ impl Session {
         let f = Flight::new(frame, Target::AnyMaster, false).via(Via::Fresh);
         let n = self.push(Entry::One(f));
         let t = tag(n, 0);
-        self.auth_wait = Some(AuthWait {
+        self.auth_wait = Some(Box::new(AuthWait {
             tag: t,
             creds,
             hello,
-        });
+        }));
         let now = self.now;
         self.send(t, now);
     }
@@ -108,14 +108,7 @@ impl Session {
         let Some((proto, name)) = wait.hello else {
             return frame;
         };
-        if let Some(n) = name {
-            self.name = n;
-        }
-        self.proto = proto;
-        self.publish_view();
-        let mut o = BytesMut::new();
-        self.hello_reply(&mut o, proto);
-        o.freeze()
+        self.hello_done(proto, name)
     }
 
     /// Moves the session to `user`'s links (0: the default identity).

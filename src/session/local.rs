@@ -553,6 +553,12 @@ impl Session {
                 write::error(o, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
             });
         }
+        let reply = self.hello_done(proto, name);
+        self.reply_local(|out, _| out.extend_from_slice(&reply));
+    }
+
+    /// What a successful HELLO does: the name and protocol it sets, and its reply.
+    pub(super) fn hello_done(&mut self, proto: Proto, name: Option<Option<Bytes>>) -> Bytes {
         if let Some(n) = name {
             self.name = n;
         }
@@ -560,11 +566,11 @@ impl Session {
         self.publish_view();
         let mut o = BytesMut::new();
         self.hello_reply(&mut o, proto);
-        self.reply_local(|out, _| out.extend_from_slice(&o));
+        o.freeze()
     }
 
     /// HELLO's map, in protocol `p`.
-    pub(super) fn hello_reply(&mut self, o: &mut BytesMut, p: Proto) {
+    fn hello_reply(&mut self, o: &mut BytesMut, p: Proto) {
         let id = self.id as i64;
         let version = crate::info::cluster_version(self.topo.load());
         {

@@ -102,8 +102,9 @@ pub struct Session {
     /// Whose links its commands use: 0, the default identity, or the user it authenticated
     /// as (`--auth-mode passthrough`).
     user: crate::worker::UserId,
-    /// An AUTH the cluster is checking (passthrough): reading waits for it.
-    auth_wait: Option<auth::AuthWait>,
+    /// An AUTH the cluster is checking (passthrough): reading waits for it. Boxed: rare,
+    /// and every idle client would carry its room.
+    auth_wait: Option<Box<auth::AuthWait>>,
 }
 
 /// CLIENT REPLY's state.
@@ -128,14 +129,20 @@ impl Session {
             let (rd, wr) = stream.split();
             return Self::serve(worker, rd, wr, (peer, local, fd), false).await;
         }
+        // Boxed: the TLS state machine is large, and a plain client's task must not carry
+        // room for it (an idle plain client costs a few KiB in all).
+        Box::pin(Self::run_tls(worker, stream, (peer, local, fd))).await
+    }
+
+    async fn run_tls(worker: Rc<Worker>, stream: TcpStream, at: (SocketAddr, SocketAddr, i64)) {
         let Some(server) = worker.shared.tls.server.clone() else {
             return;
         };
-        if let Some(stream) = server.accept(stream, peer).await {
+        if let Some(stream) = server.accept(stream, at.0).await {
             // One TLS state for both directions: the halves share it behind a lock that only
             // this task takes.
             let (rd, wr) = tokio::io::split(stream);
-            Self::serve(worker, rd, wr, (peer, local, fd), true).await
+            Self::serve(worker, rd, wr, at, true).await
         }
     }
 
