@@ -135,6 +135,13 @@ impl Session {
         let now = self.now;
         match route {
             Route::Transaction(_) | Route::Subscribe(_) => {}
+            Route::Forward(Target::AnyMaster)
+                if spec.name == "acl|whoami" && !self.passthrough() =>
+            {
+                // In proxy mode every client is `default` to its clients' eyes, whatever user
+                // slotmux itself runs as on the nodes (`--backend-user`).
+                self.reply_local(|o, _| crate::resp::write::bulk(o, b"default"))
+            }
             Route::Forward(Target::AnyMaster) if spec.name == "function|stats" => {
                 // The running script is on the master that is busy, if one is: it answers
                 // FUNCTION STATS (allowed while busy) on a connection of its own.

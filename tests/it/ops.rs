@@ -394,3 +394,39 @@ fn monitor_shows_what_every_master_runs() {
     }
     assert_eq!(seen.len(), keys.len(), "a line from every master");
 }
+
+/// In proxy mode (`--requirepass`), a client is `default`, whatever user slotmux runs as on
+/// the nodes: ACL WHOAMI must not give away slotmux's own backend user.
+#[test]
+fn acl_whoami_is_default_in_proxy_mode_whatever_the_backend_user() {
+    let c = cluster();
+    for &port in &c.ports {
+        let r = raw_cmd(
+            port,
+            &[
+                "ACL",
+                "SETUSER",
+                "slotmux-backend",
+                "on",
+                ">backend-secret",
+                "~*",
+                "&*",
+                "+@all",
+            ],
+        );
+        assert_eq!(r, "+OK\r\n", "ACL SETUSER on {port}");
+    }
+    let p = Proxy::with_config(c, |cfg| {
+        cfg.backend_user = Some("slotmux-backend".into());
+        cfg.backend_password = Some("backend-secret".into());
+        cfg.requirepass = Some("client-secret".into());
+    });
+    let mut s = p.raw();
+    s.write_all(&encode(&["AUTH", "client-secret"])).unwrap();
+    assert_eq!(read_reply_string(&mut s), "+OK\r\n");
+    s.write_all(&encode(&["ACL", "WHOAMI"])).unwrap();
+    assert_eq!(read_reply_string(&mut s), "$7\r\ndefault\r\n");
+    // The backend user is the one slotmux really uses on the nodes.
+    s.write_all(&encode(&["SET", "whoami:k", "v"])).unwrap();
+    assert_eq!(read_reply_string(&mut s), "+OK\r\n");
+}
