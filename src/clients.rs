@@ -227,11 +227,22 @@ pub struct KillFilter {
     pub skipme: bool,
     /// The old form (`CLIENT KILL addr:port`): answers OK or an error, not a count.
     pub old_form: bool,
+    /// `USER` may name any user (`--auth-mode passthrough`: the cluster's users).
+    pub any_user: bool,
 }
 
 impl KillFilter {
     /// Parses `CLIENT KILL` arguments after the subcommand, with Redis's error texts.
     pub fn parse(args: &[&[u8]]) -> Result<KillFilter, std::borrow::Cow<'static, str>> {
+        Self::parse_with(args, false)
+    }
+
+    /// Like [`KillFilter::parse`]; `any_user`: the cluster's users come through
+    /// (passthrough), so `USER` may name any of them.
+    pub fn parse_with(
+        args: &[&[u8]],
+        any_user: bool,
+    ) -> Result<KillFilter, std::borrow::Cow<'static, str>> {
         if let [addr] = args {
             return Ok(KillFilter {
                 addr: Some(String::from_utf8_lossy(addr).into_owned()),
@@ -245,6 +256,7 @@ impl KillFilter {
         }
         let mut f = KillFilter {
             skipme: true,
+            any_user,
             ..KillFilter::default()
         };
         for pair in args.chunks(2) {
@@ -271,8 +283,9 @@ impl KillFilter {
                     }
                     f.kind = Some(t);
                 }
-                // slotmux has one user, `default` (its --password).
-                "user" if val == "default" => f.user = Some(val),
+                // In proxy mode slotmux has one user, `default` (its --requirepass); the
+                // cluster's users come through in passthrough mode (`with_users`).
+                "user" if val == "default" || f.any_user => f.user = Some(val),
                 "user" => return Err(format!("ERR No such user '{val}'").into()),
                 "skipme" => match val.to_ascii_lowercase().as_str() {
                     "yes" => f.skipme = true,
@@ -298,7 +311,10 @@ impl KillFilter {
                 .laddr
                 .as_ref()
                 .is_none_or(|a| *a == c.laddr.to_string())
-            && self.user.as_ref().is_none_or(|u| u == "default")
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| *u == *v.user.as_deref().unwrap_or("default"))
             && self.kind.as_deref().is_none_or(|k| match k {
                 "pubsub" => pubsub,
                 "normal" => !pubsub,

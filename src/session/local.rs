@@ -398,7 +398,7 @@ impl Session {
     /// CLIENT KILL addr:port | [ID id] [ADDR addr] [LADDR addr] [TYPE t] [USER u] [SKIPME y/n].
     fn client_kill(&mut self, args: Args<'_>) {
         let rest: Vec<&[u8]> = (2..args.len()).filter_map(|i| args.get(i)).collect();
-        let filter = match crate::clients::KillFilter::parse(&rest) {
+        let filter = match crate::clients::KillFilter::parse_with(&rest, self.passthrough()) {
             Ok(f) => f,
             Err(e) => return self.reply_local(|o, _| write::error(o, &e)),
         };

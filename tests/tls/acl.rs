@@ -133,6 +133,11 @@ fn each_user_keeps_its_own_permissions_through_one_proxy() {
     // RESET: back to the default user.
     ok(&mut app, &["RESET"]);
     ok(&mut app, &["SET", "other:4", "x"]);
+
+    // CLIENT KILL USER reaches the clients of that user only (the subscriber is app's last).
+    let killed = ok(&mut admin, &["CLIENT", "KILL", "USER", "app"]);
+    assert_eq!(killed, redis::Value::Int(1));
+    ok(&mut admin, &["SET", "other:5", "x"]);
 }
 
 #[test]
