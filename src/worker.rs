@@ -267,8 +267,9 @@ impl Worker {
     }
 
     /// A master with a request on one of this worker's shared links sent before `before`
-    /// and still unanswered: busy with a script past its busy threshold, or with a slow
-    /// command. Scans the link table: for PING only, never per data command.
+    /// and still unanswered (busy with a script past its busy threshold, or with a slow
+    /// command), or one the health probe found busy (a script another worker's client runs).
+    /// Scans the link table: for PING only, never per data command.
     pub fn slow_master(
         &self,
         topo: &crate::cluster::Topology,
@@ -282,6 +283,7 @@ impl Worker {
             .filter(|l| l.oldest_wait().is_some_and(|t| t < before))
             .map(|l| &l.node)
             .find(|n| topo.masters.iter().any(|m| Arc::ptr_eq(m, n)))
+            .or_else(|| topo.masters.iter().find(|m| m.is_busy()))
             .cloned()
     }
 

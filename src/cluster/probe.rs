@@ -110,10 +110,12 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
             match exchange(&mut stream, &[&[b"PING"]], PROBE_TIMEOUT).await {
                 // -LOADING, -BUSY and the like: up, but not serving.
                 Ok(r) if r.first().is_some_and(|f| f.first() == Some(&b'-')) => {
+                    node.set_busy(r[0].starts_with(b"-BUSY"));
                     let text = String::from_utf8_lossy(&r[0]).trim().to_string();
                     verdict(&cluster, &node, false, &text);
                 }
                 Ok(_) => {
+                    node.set_busy(false);
                     verdict(&cluster, &node, true, "");
                     // Whether it can serve reads as a replica, and (as a master) how far
                     // behind its replicas are.
@@ -124,6 +126,7 @@ async fn probe(cluster: Weak<Cluster>, node: Arc<Node>) {
                     }
                 }
                 Err(e) => {
+                    node.set_busy(false);
                     verdict(&cluster, &node, false, &format!("PING: {e}"));
                     break;
                 }

@@ -102,6 +102,9 @@ pub struct Node {
     version: Mutex<Option<String>>,
     /// Whether the node, as a replica, may serve reads (learned by the health probes).
     pub replica: ReplicaState,
+    /// The probe's last PING got `-BUSY` (a script past its busy threshold): seen by every
+    /// worker, where a worker's own links only show what its own clients sent.
+    busy: AtomicBool,
 }
 
 /// What the health probes learned of a node as a replica. Read per routed read with relaxed
@@ -184,6 +187,15 @@ impl Node {
         self.forgotten.load(Ordering::Relaxed)
     }
 
+    /// Whether the health probe last found the node busy with a script.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
     /// A connection to the node failed or broke: tell the refresher.
     pub(crate) fn report_failure(&self) {
         (self.on_failure)(&self.addr);
@@ -254,6 +266,7 @@ impl Registry {
                     on_failure: hook,
                     metrics: self.metrics.node(addr),
                     forgotten: AtomicBool::new(false),
+                    busy: AtomicBool::new(false),
                     version: Mutex::new(None),
                     replica: ReplicaState::default(),
                 })

@@ -1098,3 +1098,52 @@ fn a_busy_script_shows_in_ping_and_can_be_killed() {
         .query(&mut admin)
         .unwrap();
 }
+
+/// With several workers, the client running the script and the one sending PING may be on
+/// different workers: the health probe's `-BUSY` tells every worker.
+#[test]
+fn a_busy_script_shows_in_ping_across_workers() {
+    use std::io::Write;
+    let (_serial, c) = cluster();
+    let p = Proxy::with_config(c, |cfg| cfg.threads = Some(2));
+    let mut admin = p.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg("10")
+        .query(&mut admin)
+        .unwrap();
+    // The second client goes to the other worker (the least loaded): the script runs there,
+    // PING comes from the first.
+    let mut spinner = p.raw();
+    spinner
+        .write_all(&support::encode(&[
+            "EVAL",
+            "local a = 1 while true do a = a + 1 end",
+            "0",
+        ]))
+        .unwrap();
+    let pinger = &mut admin;
+    wait_until(
+        "PING to meet the busy script",
+        Duration::from_secs(10),
+        || {
+            matches!(
+                redis::cmd("PING").query::<String>(pinger),
+                Err(e) if e.code() == Some("BUSY")
+            )
+        },
+    );
+    let _: () = redis::cmd("SCRIPT").arg("KILL").query(pinger).unwrap();
+    wait_until("PING to answer PONG again", Duration::from_secs(10), || {
+        redis::cmd("PING").query::<String>(pinger).is_ok()
+    });
+    let killed = support::read_reply_string(&mut spinner);
+    assert!(killed.contains("killed"), "{killed}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg("5000")
+        .query(&mut admin)
+        .unwrap();
+}
