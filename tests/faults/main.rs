@@ -1027,6 +1027,16 @@ fn client_pause_holds_writes_until_unpause() {
     c.wait_healthy();
 }
 
+/// `CONFIG SET busy-reply-threshold ms` on every node, through slotmux.
+fn busy_threshold(con: &mut redis::Connection, ms: u64) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg(ms)
+        .query(con)
+        .unwrap();
+}
+
 /// A script past the busy threshold blocks its master as one Redis is blocked: PING through
 /// slotmux answers BUSY (that master answers it, on a connection of its own), FUNCTION STATS
 /// shows the running script, SCRIPT KILL ends it, and PING is PONG again.
@@ -1036,12 +1046,7 @@ fn a_busy_script_shows_in_ping_and_can_be_killed() {
     let (_serial, c) = cluster();
     let p = Proxy::for_cluster(c);
     let mut admin = p.conn();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("busy-reply-threshold")
-        .arg("10")
-        .query(&mut admin)
-        .unwrap();
+    busy_threshold(&mut admin, 10);
     let lib = "#!lua name=busylib\nredis.register_function('spin', function() local a = 1 while true do a = a + 1 end end)";
     let _: String = redis::cmd("FUNCTION")
         .arg("LOAD")
@@ -1086,12 +1091,7 @@ fn a_busy_script_shows_in_ping_and_can_be_killed() {
     s.write_all(&batch).unwrap();
     assert_eq!(support::read_reply_string(&mut s), ":1\r\n");
     assert_eq!(support::read_reply_string(&mut s), "+PONG\r\n");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("busy-reply-threshold")
-        .arg("5000")
-        .query(&mut admin)
-        .unwrap();
+    busy_threshold(&mut admin, 5000);
     let _: () = redis::cmd("FUNCTION")
         .arg("DELETE")
         .arg("busylib")
@@ -1107,12 +1107,7 @@ fn a_busy_script_shows_in_ping_across_workers() {
     let (_serial, c) = cluster();
     let p = Proxy::with_config(c, |cfg| cfg.threads = Some(2));
     let mut admin = p.conn();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("busy-reply-threshold")
-        .arg("10")
-        .query(&mut admin)
-        .unwrap();
+    busy_threshold(&mut admin, 10);
     // The second client goes to the other worker (the least loaded): the script runs there,
     // PING comes from the first.
     let mut spinner = p.raw();
@@ -1140,10 +1135,5 @@ fn a_busy_script_shows_in_ping_across_workers() {
     });
     let killed = support::read_reply_string(&mut spinner);
     assert!(killed.contains("killed"), "{killed}");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("busy-reply-threshold")
-        .arg("5000")
-        .query(&mut admin)
-        .unwrap();
+    busy_threshold(&mut admin, 5000);
 }

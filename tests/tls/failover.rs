@@ -13,6 +13,23 @@ use std::time::{Duration, Instant};
 use crate::support::{encode, key_for_slot, read_reply_string, wait_until, Proxy};
 use crate::{backend_config, cluster, exclusive_use};
 
+/// A BLPOP of `list` by user `app`, on a connection of its own, in a thread.
+fn blpop_as_app(
+    p: &Proxy,
+    list: &str,
+    timeout: u64,
+) -> std::thread::JoinHandle<redis::RedisResult<Option<(String, String)>>> {
+    let mut con = p.conn();
+    let list = list.to_string();
+    std::thread::spawn(move || {
+        redis::cmd("AUTH")
+            .arg("app")
+            .arg("app-secret")
+            .query::<()>(&mut con)?;
+        redis::cmd("BLPOP").arg(&list).arg(timeout).query(&mut con)
+    })
+}
+
 #[test]
 fn a_user_rides_through_a_master_failover_over_tls() {
     let _g = exclusive_use();
@@ -51,21 +68,7 @@ fn a_user_rides_through_a_master_failover_over_tls() {
         "*3\r\n$9\r\nsubscribe\r\n$8\r\napp:news\r\n:1\r\n"
     );
     let list = key_for_slot(1001, "app:fo:list:");
-    let waiter = {
-        let mut con = p.conn();
-        let list = list.clone();
-        std::thread::spawn(move || {
-            redis::cmd("AUTH")
-                .arg("app")
-                .arg("app-secret")
-                .query::<()>(&mut con)
-                .unwrap();
-            redis::cmd("BLPOP")
-                .arg(&list)
-                .arg(40)
-                .query::<Option<(String, String)>>(&mut con)
-        })
-    };
+    let waiter = blpop_as_app(&p, &list, 40);
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -126,21 +129,7 @@ fn a_user_rides_through_a_master_failover_over_tls() {
         "{e}"
     );
     // A new one waits on the new master, on a new dedicated link of the user's.
-    let again = {
-        let mut con = p.conn();
-        let list = list.clone();
-        std::thread::spawn(move || {
-            redis::cmd("AUTH")
-                .arg("app")
-                .arg("app-secret")
-                .query::<()>(&mut con)
-                .unwrap();
-            redis::cmd("BLPOP")
-                .arg(&list)
-                .arg(20)
-                .query::<Option<(String, String)>>(&mut con)
-        })
-    };
+    let again = blpop_as_app(&p, &list, 20);
     std::thread::sleep(Duration::from_millis(300));
     let _: () = redis::cmd("RPUSH")
         .arg(&list)
