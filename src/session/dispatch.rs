@@ -145,11 +145,7 @@ impl Session {
             Route::Forward(Target::AnyMaster) if spec.name == "function|stats" => {
                 // The running script is on the master that is busy, if one is: it answers
                 // FUNCTION STATS (allowed while busy) on a connection of its own.
-                let slow = self
-                    .now
-                    .checked_sub(super::local::BUSY_SUSPECT)
-                    .and_then(|b| self.worker.slow_master(self.topo.load(), b));
-                let f = match slow {
+                let f = match self.busy_master() {
                     Some(node) => Flight::new(frame, Target::Node(node), true).via(Via::Fresh),
                     None => Flight::new(frame, Target::AnyMaster, true),
                 };

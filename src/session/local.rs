@@ -20,7 +20,7 @@ use crate::router::Target;
 const HOTKEYS_MAX: usize = 1000;
 /// A master that leaves a request unanswered this long answers PING itself: Redis's own tests
 /// set the busy threshold (`lua-time-limit`) to 10 ms and PING 200 ms after starting a script.
-pub(super) const BUSY_SUSPECT: std::time::Duration = std::time::Duration::from_millis(100);
+const BUSY_SUSPECT: std::time::Duration = std::time::Duration::from_millis(100);
 
 const SLOTMUX_HELP: [&str; 6] = [
     "SLOTMUX <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -54,9 +54,7 @@ impl Session {
                 // busy threshold, when one Redis would answer PING with BUSY: that master
                 // answers this PING, on a connection of its own (the shared one waits behind
                 // the script). Not behind the client's own requests: Redis answers those first.
-                let before = self.now.checked_sub(BUSY_SUSPECT);
-                let slow = before.and_then(|b| self.worker.slow_master(self.topo.load(), b));
-                match slow {
+                match self.busy_master() {
                     Some(node) => {
                         let f = Flight::new(
                             Bytes::copy_from_slice(args.frame),
@@ -555,6 +553,14 @@ impl Session {
         }
         let reply = self.hello_done(proto, name);
         self.reply_local(|out, _| out.extend_from_slice(&reply));
+    }
+
+    /// A master that may be busy with a script: one that left a request of this worker
+    /// unanswered for `BUSY_SUSPECT`, or that the health probe found busy. PING and FUNCTION
+    /// STATS go there, as one Redis answers them while a script runs.
+    pub(super) fn busy_master(&mut self) -> Option<std::sync::Arc<crate::upstream::Node>> {
+        let before = self.now.checked_sub(BUSY_SUSPECT)?;
+        self.worker.slow_master(self.topo.load(), before)
     }
 
     /// What a successful HELLO does: the name and protocol it sets, and its reply.

@@ -47,6 +47,16 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` arguments for a new request with a new P-256 key, unencrypted.
+const NEW_KEY: [&str; 6] = [
+    "-new",
+    "-nodes",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+];
+
 /// A CA (`NAME-ca.crt`/`.key`).
 pub fn make_ca(dir: &Path, name: &str) {
     openssl(
@@ -54,12 +64,12 @@ pub fn make_ca(dir: &Path, name: &str) {
         &[
             "req",
             "-x509",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
+            NEW_KEY[0],
+            NEW_KEY[1],
+            NEW_KEY[2],
+            NEW_KEY[3],
+            NEW_KEY[4],
+            NEW_KEY[5],
             "-keyout",
             &format!("{name}-ca.key"),
             "-out",
@@ -90,12 +100,12 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, san: &str) {
         dir,
         &[
             "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
+            NEW_KEY[0],
+            NEW_KEY[1],
+            NEW_KEY[2],
+            NEW_KEY[3],
+            NEW_KEY[4],
+            NEW_KEY[5],
             "-keyout",
             &format!("{name}.key"),
             "-out",
