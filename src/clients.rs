@@ -31,6 +31,8 @@ pub struct View {
     pub multi: i64,
     /// The ACL user it authenticated as (`--auth-mode passthrough`); `None`: default.
     pub user: Option<std::sync::Arc<str>>,
+    /// CLIENT TRACKING is on, redirecting to this client id (0: none).
+    pub redir: Option<i64>,
 }
 
 /// One connected client.
@@ -98,6 +100,14 @@ impl ClientEntry {
         self.killed.load(Ordering::Relaxed)
     }
 
+    /// Hands an invalidation that another client's tracking redirects here to this client's
+    /// session (through its worker, from any thread).
+    pub fn send_invalidation(&self, keys: Bytes) {
+        if let Some(w) = &self.worker {
+            let _ = w.send(WorkerMsg::Invalidate(self.id, keys));
+        }
+    }
+
     /// Asks the session to close the connection (through its worker, from any thread).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
@@ -124,11 +134,14 @@ impl ClientEntry {
         if self.is_blocked() {
             flags.push('b');
         }
+        if v.redir.is_some() {
+            flags.push('t');
+        }
         if flags.is_empty() {
             flags.push('N');
         }
         format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={}",
             self.id,
             self.addr,
             self.laddr,
@@ -147,6 +160,7 @@ impl ClientEntry {
             qbuf,
             crate::command::command_name(self.cmd.load(Ordering::Relaxed)),
             v.user.as_deref().unwrap_or("default"),
+            v.redir.unwrap_or(-1),
             v.resp,
         )
     }
@@ -156,6 +170,46 @@ impl ClientEntry {
 #[derive(Default)]
 pub struct Clients {
     map: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    /// Clients with CLIENT TRACKING on (INFO's `tracking_clients`).
+    tracking: AtomicU64,
+    /// BCAST prefixes of those clients, with how many clients use each (INFO's
+    /// `tracking_total_prefixes` counts them once, as Redis's prefix table does).
+    prefixes: Mutex<HashMap<Bytes, usize>>,
+}
+
+impl Clients {
+    pub fn tracking_on(&self) {
+        self.tracking.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tracking_off(&self) {
+        self.tracking.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn tracking_clients(&self) -> u64 {
+        self.tracking.load(Ordering::Relaxed)
+    }
+
+    pub fn add_prefix(&self, p: &Bytes) {
+        if let Ok(mut m) = self.prefixes.lock() {
+            *m.entry(p.clone()).or_default() += 1;
+        }
+    }
+
+    pub fn remove_prefix(&self, p: &Bytes) {
+        if let Ok(mut m) = self.prefixes.lock() {
+            if let Some(n) = m.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(p);
+                }
+            }
+        }
+    }
+
+    pub fn tracking_prefixes(&self) -> usize {
+        self.prefixes.lock().map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 impl Clients {

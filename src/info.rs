@@ -188,7 +188,7 @@ fn server(shared: &Shared, topo: &Topology) -> String {
 
 fn clients(shared: &Shared) -> String {
     format!(
-        "connected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:0\r\nclients_in_timeout_table:0\r\n",
+        "connected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:{}\r\nclients_in_timeout_table:0\r\n",
         shared.clients.load(Ordering::Relaxed),
         shared.config.maxclients,
         // Clients whose command the node holds (known once the node answered the id of
@@ -199,6 +199,7 @@ fn clients(shared: &Shared) -> String {
             .iter()
             .filter(|c| c.is_blocked())
             .count(),
+        shared.client_list.tracking_clients(),
     )
 }
 
@@ -257,7 +258,7 @@ fn cluster(shared: &Shared, topo: &Topology) -> String {
 fn stats(shared: &Shared, nodes: &[BTreeMap<String, Vec<(String, String)>>]) -> String {
     let s = &shared.stats;
     let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let ours: [(&str, u64); 4] = [
+    let ours: [(&str, u64); 5] = [
         ("total_connections_received", ld(&s.accepted)),
         (
             "total_commands_processed",
@@ -265,6 +266,12 @@ fn stats(shared: &Shared, nodes: &[BTreeMap<String, Vec<(String, String)>>]) -> 
         ),
         ("instantaneous_ops_per_sec", ld(&s.ops_per_sec)),
         ("rejected_connections", ld(&s.rejected_maxclients)),
+        // Tracked keys are the masters' (summed); prefixes are the clients', each counted
+        // once (every master of a BCAST client has its prefixes).
+        (
+            "tracking_total_prefixes",
+            shared.client_list.tracking_prefixes() as u64,
+        ),
     ];
     let mut lines = merged_lines(nodes, "stats");
     for (k, v) in ours {

@@ -42,6 +42,8 @@ pub enum WorkerMsg {
     Stop,
     /// CLIENT UNPAUSE: sessions holding a paused command try it again.
     Unpause,
+    /// An invalidation for a client that another client's tracking redirects to.
+    Invalidate(u64, bytes::Bytes),
 }
 
 /// One worker's state, shared (`Rc`) by its sessions.
@@ -128,6 +130,17 @@ impl Worker {
 
     pub fn leave(&self, id: u64) {
         self.sessions.borrow_mut().remove(&id);
+    }
+
+    /// An invalidation redirected to session `id`, if it is still here.
+    fn deliver(&self, id: u64, keys: bytes::Bytes) {
+        let inbox = self.sessions.borrow().get(&id).and_then(Weak::upgrade);
+        if let Some(inbox) = inbox {
+            inbox.push(crate::upstream::Reply {
+                tag: crate::session::REDIRECTED_TAG,
+                result: Ok(keys),
+            });
+        }
     }
 
     fn signal(&self, id: Option<u64>, s: Signal) {
@@ -624,6 +637,10 @@ async fn worker_main(
             WorkerMsg::Stop => break,
             WorkerMsg::Unpause => {
                 worker.signal(None, Signal::Unpause);
+                continue;
+            }
+            WorkerMsg::Invalidate(id, keys) => {
+                worker.deliver(id, keys);
                 continue;
             }
         };

@@ -139,6 +139,10 @@ impl Topology {
         t
     }
 
+    pub fn masters(&self) -> &[Arc<Node>] {
+        &self.masters
+    }
+
     /// Every node of the map: masters, then replicas.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.masters.iter().chain(self.replicas.iter().flatten())

@@ -181,6 +181,10 @@ pub enum Local {
     HotKeys,
     /// SLOTMUX HELP.
     SlotmuxHelp,
+    ClientTracking,
+    ClientCaching,
+    ClientGetRedir,
+    ClientTrackingInfo,
 }
 
 /// How slotmux handles a command, and why.
@@ -253,8 +257,6 @@ const TRANSACTION: &str =
     "is a transaction command; slotmux does not pin transactions to a node yet";
 const ADMIN: &str =
     "administers one node; it would break the single-Redis illusion through a proxy";
-const CONN_STATE: &str =
-    "changes per-connection server state that slotmux's shared backend connections cannot carry";
 
 /// How slotmux handles one (sub)command (see [`decide`] for the rules).
 pub fn policy(spec: &CommandSpec) -> Handling {
@@ -423,9 +425,10 @@ fn decide(spec: &CommandSpec) -> Handling {
         | "module" | "asking" => Refused(ADMIN),
         "client|pause" => Local(self::Local::ClientPause),
         "client|unpause" => Local(self::Local::ClientUnpause),
-        "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo" => {
-            Refused(CONN_STATE)
-        }
+        "client|tracking" => Local(self::Local::ClientTracking),
+        "client|caching" => Local(self::Local::ClientCaching),
+        "client|getredir" => Local(self::Local::ClientGetRedir),
+        "client|trackinginfo" => Local(self::Local::ClientTrackingInfo),
         "acl|cat" | "acl|genpass" | "acl|whoami" => AnyMaster,
         n if n.ends_with("|help") => AnyMaster,
         n if n.starts_with("cluster|") => Refused(ADMIN),

@@ -81,6 +81,9 @@ impl Session {
         }
         self.me
             .touch(command::command_id(spec), self.now.into_std());
+        if self.tracking.is_some() {
+            self.tracking_begin(spec.name);
+        }
         if !command::arity_ok(spec, args.len()) {
             return self.reject(ProxyError::redis(format!(
                 "ERR wrong number of arguments for '{}' command",

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::decide::{self, decide, decide_exec, Action, Facts, Last, TxAction, TxFacts};
 use super::queue::{part_of, Entry, FlightState, Post, Via};
-use super::{pubsub, Session};
+use super::{pubsub, tracking, Session};
 use crate::error::ProxyError;
 use crate::merge::{merge, Merge};
 use crate::metrics::{Outcome, RefreshReason, RetryReason};
@@ -38,8 +38,10 @@ impl Session {
         }
         let redirect = f.redirect.take();
         let topo = self.topo.load();
-        // A read the client allows on a replica: one that can serve, if any.
-        let replica = match (&redirect, f.replica, &f.target) {
+        let tracked = self.tracking.is_some();
+        // A read the client allows on a replica: one that can serve, if any. Not for a
+        // tracking client: the masters track what it reads.
+        let replica = match (&redirect, f.replica && !tracked, &f.target) {
             (None, true, Target::Slot(s)) => {
                 let cfg = &self.shared.config;
                 let max_lag = cfg.replica_max_lag.as_secs().min(u64::from(u32::MAX - 2)) as u32;
@@ -75,7 +77,12 @@ impl Session {
                 Target::Node(n) => (n, false),
             },
         };
-        // Replica reads use links of their own kind, which sent READONLY first.
+        // Replica reads use links of their own kind, which sent READONLY first. A tracking
+        // client's keyed commands go on its own links, where the node tracks its keys.
+        if tracked && matches!(f.target, Target::Slot(_)) {
+            let node = node.clone();
+            return self.send_tracked(tag, node, asking, now);
+        }
         let link = if replica.is_some() {
             self.worker
                 .replica_link(node, self.proto, self.id as usize, self.user)
@@ -100,6 +107,33 @@ impl Session {
                 self.last_write = Some(node.clone());
             }
             return;
+        }
+        let e = ProxyError::Unreachable(node.addr.clone());
+        self.shared
+            .cluster
+            .request_refresh(RefreshReason::NodeFailure);
+        self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
+    }
+
+    /// A tracking client's keyed request: on its own link to `node`, where the node tracks
+    /// the keys it reads.
+    fn send_tracked(&mut self, tag: u64, node: Arc<Node>, asking: bool, now: Instant) {
+        let link = self.tracking_link(&node, tag >> super::queue::SUB_BITS);
+        let Some(f) = self.queue.flight_mut(tag) else {
+            return;
+        };
+        if let Some(link) = link {
+            if link
+                .send_batch(&f.frame, asking, tag, &self.inbox, now, f.replies)
+                .is_ok()
+            {
+                f.state = FlightState::InFlight;
+                f.link = Some(link);
+                if !f.readonly {
+                    self.last_write = Some(node);
+                }
+                return;
+            }
         }
         let e = ProxyError::Unreachable(node.addr.clone());
         self.shared
@@ -277,6 +311,9 @@ impl Session {
     pub(super) fn on_reply(&mut self, reply: Reply) {
         if pubsub::is_stream_tag(reply.tag) {
             return self.on_stream(reply);
+        }
+        if tracking::is_tracking_tag(reply.tag) {
+            return self.on_tracking(reply);
         }
         if reply.tag & CLIENT_ID_TAG != 0 {
             return self.on_client_id(reply);

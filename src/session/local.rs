@@ -108,6 +108,10 @@ impl Session {
                 self.multi = None;
                 self.watch = None;
                 self.monitor = None;
+                // RESET turns tracking off, as in Redis.
+                if self.tracking.take().is_some() {
+                    self.me.set_view(|v| v.redir = None);
+                }
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none() || self.passthrough();
@@ -200,6 +204,10 @@ impl Session {
                 self.reply_local(|o, _| write::ok(o));
             }
             Local::HotKeys => self.hotkeys(args),
+            Local::ClientTracking => self.client_tracking(args),
+            Local::ClientCaching => self.client_caching(args),
+            Local::ClientGetRedir => self.client_getredir(),
+            Local::ClientTrackingInfo => self.client_trackinginfo(),
             Local::SlotmuxHelp => self.reply_local(|o, _| {
                 write::array_header(o, SLOTMUX_HELP.len());
                 for line in SLOTMUX_HELP {
@@ -567,6 +575,9 @@ impl Session {
     pub(super) fn hello_done(&mut self, proto: Proto, name: Option<Option<Bytes>>) -> Bytes {
         if let Some(n) = name {
             self.name = n;
+        }
+        if proto != self.proto {
+            self.tracking_proto(proto);
         }
         self.proto = proto;
         self.publish_view();

@@ -19,7 +19,11 @@ mod local;
 mod monitor;
 mod pubsub;
 mod queue;
+mod tracking;
 mod tx;
+
+/// The inbox tag of invalidations redirected to a session by another client's tracking.
+pub const REDIRECTED_TAG: u64 = tracking::REDIRECTED_TAG;
 
 use bytes::{Bytes, BytesMut};
 use std::future::poll_fn;
@@ -105,6 +109,8 @@ pub struct Session {
     /// An AUTH the cluster is checking (passthrough): reading waits for it. Boxed: rare,
     /// and every idle client would carry its room.
     auth_wait: Option<Box<auth::AuthWait>>,
+    /// CLIENT TRACKING, while on. Boxed: rare.
+    tracking: Option<Box<tracking::Tracking>>,
 }
 
 /// CLIENT REPLY's state.
@@ -198,6 +204,7 @@ impl Session {
             read_from: crate::router::ReadFrom::Master,
             user: 0,
             auth_wait: None,
+            tracking: None,
         };
         s.read_from = crate::router::ReadFrom::parse(&s.shared.config.read_from);
         let cfg = s.shared.config.clone();

@@ -142,6 +142,34 @@ pub enum LinkKind {
     /// to `to`; requests get no reply of their own. When the connection ends, `to` gets one
     /// `Err(Lost)` with the tag (unless the owner closed it).
     Stream { tag: u64, to: Rc<Inbox> },
+    /// Owned by one session with `CLIENT TRACKING` on: replies matched in order as
+    /// `Dedicated`, plus a second connection (RESP3) that the node redirects this one's
+    /// invalidations to; every frame it sends is delivered with `tag` to `to`. When either
+    /// connection ends, `to` gets one `Err(Lost)` with the tag (unless the owner closed it):
+    /// invalidations may have been missed.
+    Tracked {
+        tag: u64,
+        to: Rc<Inbox>,
+        track: Rc<Tracked>,
+    },
+}
+
+/// The node-side tracking of a [`LinkKind::Tracked`] link.
+#[derive(Default)]
+pub struct Tracked {
+    /// `CLIENT TRACKING on` arguments after `REDIRECT id` (BCAST, PREFIX..., OPTIN...).
+    opts: RefCell<Vec<Bytes>>,
+    /// The node's id of the invalidation connection, once known (0 before).
+    redirect: std::cell::Cell<i64>,
+}
+
+impl Tracked {
+    pub fn new(opts: Vec<Bytes>) -> Rc<Tracked> {
+        Rc::new(Tracked {
+            opts: RefCell::new(opts),
+            redirect: std::cell::Cell::new(0),
+        })
+    }
 }
 
 /// Why a link ended.
@@ -542,7 +570,7 @@ impl Link {
                 });
             }
         }
-        if let LinkKind::Stream { tag, to } = &self.kind {
+        if let LinkKind::Stream { tag, to } | LinkKind::Tracked { tag, to, .. } = &self.kind {
             if !retired {
                 to.push(Reply {
                     tag: *tag,
@@ -575,10 +603,24 @@ impl Link {
         }
     }
 
+    /// New tracking options for a [`LinkKind::Tracked`] link: `all` if its tracking is not
+    /// set up yet, else `change` (the node adds prefixes to those it has) sent now.
+    pub fn retrack(&self, all: Vec<Bytes>, change: &[Bytes]) {
+        let LinkKind::Tracked { track, .. } = &self.kind else {
+            return;
+        };
+        let id = track.redirect.get();
+        if id == 0 {
+            *track.opts.borrow_mut() = all;
+            return;
+        }
+        let _ = self.send_silent(&tracking_command(id, change));
+    }
+
     fn gauge(&self) -> &prometheus::IntGauge {
         match self.kind {
             LinkKind::Shared => &self.node.metrics.shared,
-            LinkKind::Dedicated => &self.node.metrics.dedicated,
+            LinkKind::Dedicated | LinkKind::Tracked { .. } => &self.node.metrics.dedicated,
             LinkKind::Stream { .. } => &self.node.metrics.pubsub,
         }
     }
@@ -603,7 +645,14 @@ async fn run(link: Rc<Link>) {
         None => &**link.node.settings(),
     };
     let end = match connect(&link.node.addr, link.proto, settings).await {
-        Ok(stream) => {
+        Ok(mut stream) => 'up: {
+            let mut pushes = None;
+            if let LinkKind::Tracked { track, .. } = &link.kind {
+                match start_tracking(&link.node.addr, settings, &mut stream, track).await {
+                    Ok(s) => pushes = Some(s),
+                    Err(e) => break 'up e,
+                }
+            }
             link.gauge().inc();
             if link.node.health().failures() > 0 {
                 tracing::info!(node = %link.node.addr, "backend reachable again");
@@ -617,12 +666,99 @@ async fn run(link: Rc<Link>) {
                 batch: 0,
                 got: 0,
             };
-            poll_fn(|cx| link.drive(cx, &mut io)).await
+            match (pushes, &link.kind) {
+                (Some(p), LinkKind::Tracked { tag, to, .. }) => {
+                    tokio::select! {
+                        end = poll_fn(|cx| link.drive(cx, &mut io)) => end,
+                        end = forward_pushes(p, *tag, to) => end,
+                    }
+                }
+                _ => poll_fn(|cx| link.drive(cx, &mut io)).await,
+            }
         }
         Err(ConnectError::Refused(e)) if link.creds.is_some() => End::Refused(e),
         Err(e) => End::ConnectFailed(e.to_string()),
     };
     link.close(end);
+}
+
+/// `CLIENT TRACKING on REDIRECT id opts...`.
+fn tracking_command(id: i64, opts: &[Bytes]) -> Bytes {
+    let id = id.to_string();
+    let head: [&[u8]; 5] = [b"CLIENT", b"TRACKING", b"on", b"REDIRECT", id.as_bytes()];
+    let parts: Vec<&[u8]> = head
+        .into_iter()
+        .chain(opts.iter().map(|o| &o[..]))
+        .collect();
+    crate::resp::write::encode_command(parts)
+}
+
+/// Opens the connection a tracked link's invalidations go to, and turns tracking on for
+/// `stream` with its redirect there.
+async fn start_tracking(
+    addr: &str,
+    settings: &super::connect::ConnSettings,
+    stream: &mut super::connect::NodeStream,
+    track: &Tracked,
+) -> Result<super::connect::NodeStream, End> {
+    use super::connect::exchange;
+    let limit = settings.reply_timeout;
+    let mut pushes = connect(addr, Proto::Resp3, settings)
+        .await
+        .map_err(|e| End::ConnectFailed(e.to_string()))?;
+    let id = exchange(&mut pushes, &[&[b"CLIENT", b"ID"]], limit)
+        .await
+        .map_err(End::Broken)?;
+    let id = id
+        .first()
+        .and_then(|r| r.strip_prefix(b":"))
+        .and_then(|r| r.strip_suffix(b"\r\n"))
+        .and_then(crate::resp::parse_i64)
+        .ok_or_else(|| End::Broken("CLIENT ID: unexpected reply".into()))?;
+    track.redirect.set(id);
+    let cmd = tracking_command(id, &track.opts.borrow());
+    let mut req = BytesMut::from(&cmd[..]);
+    let reply = tokio::time::timeout(limit, async {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all_buf(&mut req).await?;
+        super::connect::read_replies(stream, 1).await
+    })
+    .await
+    .map_err(|_| End::Broken("CLIENT TRACKING: timed out".into()))?
+    .map_err(|e| End::Broken(format!("CLIENT TRACKING: {e}")))?;
+    match reply.first() {
+        // The node refuses the options (validated before, so unexpected): its words, and the
+        // node is not counted down.
+        Some(r) if r.first() == Some(&b'-') => Err(End::Refused(
+            String::from_utf8_lossy(&r[1..]).trim_end().to_string(),
+        )),
+        _ => Ok(pushes),
+    }
+}
+
+/// Hands every frame the node sends on a tracked link's invalidation connection to its
+/// session, until the connection ends.
+async fn forward_pushes(mut stream: super::connect::NodeStream, tag: u64, to: &Rc<Inbox>) -> End {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scanner = ReplyScanner::new();
+    loop {
+        loop {
+            match scanner.scan(&buf) {
+                Ok(Some(len)) => to.push(Reply {
+                    tag,
+                    result: Ok(buf.split_to(len).freeze()),
+                }),
+                Ok(None) => break,
+                Err(e) => return End::Broken(format!("invalidation connection: bad frame: {e}")),
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return End::Broken("invalidation connection closed by peer".into()),
+            Ok(_) => {}
+            Err(e) => return End::Broken(format!("invalidation connection: {e}")),
+        }
+    }
 }
 
 /// A link owned by one session (dedicated or pub/sub): closes when dropped.
