@@ -109,9 +109,7 @@ impl Session {
                 self.watch = None;
                 self.monitor = None;
                 // RESET turns tracking off, as in Redis.
-                if self.tracking.take().is_some() {
-                    self.me.set_view(|v| v.redir = None);
-                }
+                self.tracking_off();
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authed = self.shared.config.requirepass.is_none() || self.passthrough();

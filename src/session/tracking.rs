@@ -17,8 +17,10 @@
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
+use super::queue::{tag, Entry};
 use super::Session;
 use crate::command::Args;
+use crate::metrics::Outcome;
 use crate::resp::write::{self, Proto};
 use crate::upstream::{Link, LinkKind, Node, OwnedLink, Reply, Tracked};
 
@@ -27,9 +29,15 @@ pub(super) const TRACKING_TAG: u64 = 1 << 59;
 /// Tag of invalidations another client's tracking redirects to this one.
 pub(super) const REDIRECTED_TAG: u64 = TRACKING_TAG | 1;
 
+/// Tags of the PINGs that confirm a CLIENT TRACKING took effect on a link:
+/// `ACK_TAG | entry` (the entry of the CLIENT TRACKING).
+const ACK_TAG: u64 = 1 << 58;
+
 pub(super) fn is_tracking_tag(tag: u64) -> bool {
-    tag == TRACKING_TAG || tag == REDIRECTED_TAG
+    tag == TRACKING_TAG || tag == REDIRECTED_TAG || tag >> 58 == 1
 }
+
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
 const PUSH_HEAD: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
 const RESP3_NULL: &[u8] = b"_\r\n";
@@ -51,6 +59,8 @@ pub(super) struct Tracking {
     /// The queue entry that next command became, whose sends carry the CACHING.
     caching_for: Option<(u64, bool)>,
     links: Vec<(Arc<Node>, OwnedLink)>,
+    /// CLIENT TRACKING replies waiting for their links to confirm: (entry, links left).
+    acks: Vec<(u64, usize)>,
     /// BCAST: the topology snapshot links were last opened against (every master needs one).
     seen_topology: usize,
     shared: Arc<crate::shared::Shared>,
@@ -219,10 +229,59 @@ fn check_prefixes(have: &[Bytes], new: &[Bytes]) -> Result<(), String> {
 
 impl Session {
     pub(super) fn client_tracking(&mut self, args: Args<'_>) {
-        let result = self.client_tracking_inner(&args);
-        match result {
-            Ok(()) => self.reply_local(|o, _| write::ok(o)),
-            Err(e) => self.reply_local(|o, _| write::error(o, &e)),
+        if let Err(e) = self.client_tracking_inner(&args) {
+            return self.reply_local(|o, _| write::error(o, &e));
+        }
+        // The reply waits until every link of the client tracks as asked (a PING behind the
+        // change on each): after `+OK`, a write by anyone is seen, as with one Redis.
+        let n = self.queue.next_number();
+        let now = self.now;
+        let mut sent = 0;
+        if self.capture.is_none() {
+            if let Some(t) = &self.tracking {
+                for (_, l) in &t.links {
+                    if l.send(PING, false, ACK_TAG | n, &self.inbox, now).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        match self.tracking.as_mut() {
+            Some(t) if sent > 0 => {
+                t.acks.push((n, sent));
+                self.push(Entry::Waiting);
+            }
+            _ => self.reply_local(|o, _| write::ok(o)),
+        }
+    }
+
+    /// Tracking ends (CLIENT TRACKING off, RESET): its links close; a CLIENT TRACKING still
+    /// waiting for them is answered.
+    pub(super) fn tracking_off(&mut self) {
+        let Some(t) = self.tracking.take() else {
+            return;
+        };
+        for (n, _) in &t.acks {
+            if let Some(e) = self.queue.entry_mut(tag(*n, 0)) {
+                *e = Entry::ready(Bytes::from_static(b"+OK\r\n"), Outcome::Ok);
+            }
+        }
+        self.me.set_view(|v| v.redir = None);
+    }
+
+    /// A link confirmed (or failed to) a CLIENT TRACKING: its `+OK` once all have.
+    fn on_tracking_ack(&mut self, n: u64) {
+        let Some(t) = &mut self.tracking else { return };
+        let Some(i) = t.acks.iter().position(|a| a.0 == n) else {
+            return;
+        };
+        t.acks[i].1 -= 1;
+        if t.acks[i].1 > 0 {
+            return;
+        }
+        t.acks.swap_remove(i);
+        if let Some(e) = self.queue.entry_mut(tag(n, 0)) {
+            *e = Entry::ready(Bytes::from_static(b"+OK\r\n"), Outcome::Ok);
         }
     }
 
@@ -239,8 +298,7 @@ impl Session {
         }
         let mode = args.get(2).unwrap_or_default();
         if mode.eq_ignore_ascii_case(b"off") {
-            self.tracking = None;
-            self.me.set_view(|v| v.redir = None);
+            self.tracking_off();
             return Ok(());
         }
         if !mode.eq_ignore_ascii_case(b"on") {
@@ -290,6 +348,7 @@ impl Session {
                 caching_next: None,
                 caching_for: None,
                 links: Vec::new(),
+                acks: Vec::new(),
                 seen_topology: 0,
                 shared: shared.clone(),
             })
@@ -463,6 +522,9 @@ impl Session {
     /// An invalidation from one of the session's tracked links, a link's loss, or one
     /// redirected here by another client.
     pub(super) fn on_tracking(&mut self, reply: Reply) {
+        if reply.tag >> 58 == 1 {
+            return self.on_tracking_ack(reply.tag & !ACK_TAG);
+        }
         if reply.tag == REDIRECTED_TAG {
             if let Ok(keys) = reply.result {
                 self.receive_invalidation(&keys);
