@@ -73,6 +73,8 @@ pub struct Worker {
     /// blocking command or a WATCH is written at once, in the order the clients sent them,
     /// instead of after a connect (which let a later command of another client overtake it).
     spare: RefCell<Vec<Spare>>,
+    /// Tracking clients' links: ticked like the shared ones (a hung node times them out).
+    tracked: RefCell<Vec<Weak<Link>>>,
     /// Fast hashes of script bodies this worker has put in the shared store, and the store's
     /// eviction count when the set was last valid.
     scripts_seen: RefCell<(u64, HashSet<u64>)>,
@@ -101,6 +103,7 @@ impl Worker {
             default_creds: passthrough.then(|| Arc::new(Credentials::default())),
             retiring: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
+            tracked: RefCell::new(Vec::new()),
             scripts_seen: RefCell::new((0, HashSet::new())),
             hot: hot.then(|| {
                 RefCell::new(crate::hotkeys::Sketch::new(
@@ -258,6 +261,11 @@ impl Worker {
             return None;
         }
         let creds = self.creds(user);
+        if let LinkKind::Tracked { .. } = kind {
+            let l = OwnedLink::open(node.clone(), proto, kind, creds);
+            self.tracked.borrow_mut().push(Rc::downgrade(l.link()));
+            return Some(l);
+        }
         if !matches!(kind, LinkKind::Dedicated) {
             return Some(OwnedLink::open(node.clone(), proto, kind, creds));
         }
@@ -459,6 +467,13 @@ impl Worker {
             for u in gone {
                 self.free_user(u);
             }
+            self.tracked.borrow_mut().retain(|l| match l.upgrade() {
+                Some(l) if !l.is_closed() => {
+                    l.tick(now, limit);
+                    true
+                }
+                _ => false,
+            });
             let mut retiring = self.retiring.borrow_mut();
             retiring.retain(|l| {
                 l.tick(now, limit);

@@ -385,7 +385,7 @@ impl Link {
         self.st.borrow().waiting.front().map(|w| w.sent)
     }
 
-    /// The worker's tick: drops a shared link whose oldest request waited longer than `limit`
+    /// The worker's tick: drops a shared (or tracked) link whose oldest request waited longer than `limit`
     /// (a hung node), and flushes its metric counts.
     pub fn tick(&self, now: Instant, limit: Duration) {
         let waker = {
@@ -395,7 +395,8 @@ impl Link {
                 .waiting
                 .front()
                 .is_some_and(|w| now.saturating_duration_since(w.sent) >= limit);
-            if !(late && matches!(self.kind, LinkKind::Shared) && st.phase == Phase::Up) {
+            let timed = matches!(self.kind, LinkKind::Shared | LinkKind::Tracked { .. });
+            if !(late && timed && st.phase == Phase::Up) {
                 return;
             }
             st.timed_out = true;

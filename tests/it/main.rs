@@ -13,6 +13,7 @@ mod pubsub;
 mod redirects;
 mod replicas;
 mod resp3;
+mod tracking;
 mod txblock;
 mod txmoves;
 

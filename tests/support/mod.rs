@@ -923,3 +923,38 @@ pub fn keys_for_every_slot() -> Vec<String> {
         .map(|t| format!("{{{}}}:k", t.unwrap()))
         .collect()
 }
+
+/// The keys of an invalidation (CLIENT TRACKING): a RESP3 `invalidate` push or a RESP2
+/// `__redis__:invalidate` message. `None`: everything (the null a FLUSHALL sends). Panics on
+/// any other frame.
+pub fn invalidated_keys(frame: &str) -> Option<Vec<String>> {
+    let lines: Vec<&str> = frame.split("\r\n").collect();
+    assert!(
+        frame.starts_with(">2\r\n$10\r\ninvalidate\r\n")
+            || frame.starts_with("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n"),
+        "not an invalidation: {frame:?}"
+    );
+    let at = if frame.starts_with('>') { 3 } else { 5 };
+    let head = lines[at];
+    if head == "_" || head == "$-1" || head == "*-1" {
+        return None;
+    }
+    let n: usize = head[1..].parse().expect("array length");
+    Some((0..n).map(|i| lines[at + 2 + 2 * i].to_string()).collect())
+}
+
+/// Reads frames from a tracking client until an invalidation naming `key` (or everything)
+/// arrives; returns every key invalidated on the way (replies to other commands are not
+/// expected).
+pub fn read_invalidations_until(s: &mut TcpStream, key: &str) -> Vec<Option<Vec<String>>> {
+    let mut seen = Vec::new();
+    loop {
+        let f = read_reply_string(s);
+        let keys = invalidated_keys(&f);
+        let done = keys.as_ref().is_none_or(|k| k.iter().any(|k| k == key));
+        seen.push(keys);
+        if done {
+            return seen;
+        }
+    }
+}
