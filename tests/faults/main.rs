@@ -518,8 +518,9 @@ fn reads_leave_a_dead_replica() {
 }
 
 #[test]
-fn subscriber_is_resubscribed_after_its_node_dies() {
+fn subscriber_is_resubscribed_and_tracking_clients_invalidated_after_their_node_dies() {
     use std::io::Write;
+    use support::{ask, invalidated_keys, read_reply_string};
     let (_g, c) = cluster();
     let p = Proxy::for_cluster(c);
     let mut sub = p.raw();
@@ -532,6 +533,34 @@ fn subscriber_is_resubscribed_after_its_node_dies() {
     // Subscriptions live on slot 0's master: kill it.
     c.wait_settled();
     let v = c.owner_of(0);
+    // Tracking clients with a key on that master: one RESP3 in default mode, one in BCAST
+    // mode, one RESP2 redirecting to a subscriber. What the dead master tracked is gone
+    // with it, so each must be told to drop everything (a null invalidation).
+    let key = support::key_for_slot(0, "trk-fail");
+    let mut w = p.raw();
+    ask(&mut w, &["SET", &key, "1"]);
+    let mut r3 = p.raw();
+    let mut bc = p.raw();
+    for (s, mode) in [(&mut r3, "DEFAULT"), (&mut bc, "BCAST")] {
+        assert!(ask(s, &["HELLO", "3"]).starts_with('%'));
+        let on: &[&str] = if mode == "BCAST" {
+            &["CLIENT", "TRACKING", "on", "BCAST"]
+        } else {
+            &["CLIENT", "TRACKING", "on"]
+        };
+        assert_eq!(ask(s, on), "+OK\r\n");
+        assert_eq!(ask(s, &["GET", &key]), "$1\r\n1\r\n");
+    }
+    let mut red = p.raw();
+    let red_id = ask(&mut red, &["CLIENT", "ID"]).trim()[1..].to_string();
+    ask(&mut red, &["SUBSCRIBE", "__redis__:invalidate"]);
+    let mut r2 = p.raw();
+    assert_eq!(
+        ask(&mut r2, &["CLIENT", "TRACKING", "on", "REDIRECT", &red_id]),
+        "+OK\r\n"
+    );
+    assert_eq!(ask(&mut r2, &["GET", &key]), "$1\r\n1\r\n");
+    replicas_caught_up(c);
     c.kill(v);
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
@@ -558,8 +587,38 @@ fn subscriber_is_resubscribed_after_its_node_dies() {
         msg,
         "*3\r\n$7\r\nmessage\r\n$13\r\nfailover-news\r\n$5\r\nafter\r\n"
     );
+    for s in [&mut r3, &mut bc, &mut red] {
+        assert_eq!(invalidated_keys(&read_reply_string(s)), None);
+    }
+    // After the failover, reads are tracked on the new master, and its writes invalidate.
+    wait_served_value(&p, &key);
+    for s in [&mut r3, &mut bc, &mut r2] {
+        assert!(ask(s, &["GET", &key]).starts_with('$'));
+    }
+    ask(&mut w, &["SET", &key, "2"]);
+    for s in [&mut r3, &mut bc, &mut red] {
+        assert_eq!(
+            invalidated_keys(&read_reply_string(s)),
+            Some(vec![key.clone()])
+        );
+    }
     c.restart(v);
     c.wait_healthy();
+}
+
+/// Waits until a GET of `key` through slotmux answers (its slot is served again).
+fn wait_served_value(p: &Proxy, key: &str) {
+    let mut con = p.conn();
+    wait_until(
+        "the key's slot to be served again",
+        Duration::from_secs(60),
+        || {
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Option<String>>(&mut con)
+                .is_ok()
+        },
+    );
 }
 
 fn redis_cli(args: &[&str]) -> String {
