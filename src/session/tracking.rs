@@ -537,11 +537,9 @@ impl Session {
                 // Nothing else is expected on that connection.
                 None => return,
             },
+            // A tracked link ended without its owner closing it (each says so once).
             Err(_) => {
                 let Some(t) = &mut self.tracking else { return };
-                if t.links.iter().all(|(_, l)| l.is_usable()) {
-                    return;
-                }
                 t.links.retain(|(_, l)| l.is_usable());
                 // What that node tracked is gone, and invalidations may have been missed:
                 // the client drops its whole cache, as after FLUSHALL.

@@ -240,10 +240,16 @@ impl Session {
 
     /// Opens the link that will hold the client's WATCHes, on `node`.
     pub(super) fn open_watch(&mut self, node: Arc<Node>, asking: bool) -> bool {
-        match self
-            .worker
-            .owned(&node, self.proto, LinkKind::Dedicated, self.user)
-        {
+        // A tracking client watches on its tracked link to the node: the transaction's reads
+        // are tracked, and the link outlives the WATCH (UNWATCH when it is let go).
+        let link = if self.tracking.is_some() {
+            self.tracking_link(&node, u64::MAX)
+                .map(|l| OwnedLink::lent(l, b"*1\r\n$7\r\nUNWATCH\r\n"))
+        } else {
+            self.worker
+                .owned(&node, self.proto, LinkKind::Dedicated, self.user)
+        };
+        match link {
             Some(link) => {
                 let slots = self.watch.take().map(|w| w.slots).unwrap_or_default();
                 self.watch = Some(Watch {

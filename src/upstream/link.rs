@@ -762,8 +762,13 @@ async fn forward_pushes(mut stream: super::connect::NodeStream, tag: u64, to: &R
     }
 }
 
-/// A link owned by one session (dedicated or pub/sub): closes when dropped.
-pub struct OwnedLink(Rc<Link>);
+/// A link owned by one session (dedicated or pub/sub): closes when dropped. Or one lent to
+/// a use of the session's that ends before the link does (a tracking client's WATCH on its
+/// tracked link): dropping it sends a frame that undoes that use (UNWATCH) instead.
+pub struct OwnedLink {
+    link: Rc<Link>,
+    release: Option<&'static [u8]>,
+}
 
 impl OwnedLink {
     pub fn open(
@@ -772,24 +777,40 @@ impl OwnedLink {
         kind: LinkKind,
         creds: Option<Arc<Credentials>>,
     ) -> OwnedLink {
-        OwnedLink(Link::open_as(node, proto, kind, creds))
+        OwnedLink {
+            link: Link::open_as(node, proto, kind, creds),
+            release: None,
+        }
+    }
+
+    /// `link`, kept open when this is dropped: `release` is sent on it then.
+    pub fn lent(link: Rc<Link>, release: &'static [u8]) -> OwnedLink {
+        OwnedLink {
+            link,
+            release: Some(release),
+        }
     }
 
     pub fn link(&self) -> &Rc<Link> {
-        &self.0
+        &self.link
     }
 }
 
 impl std::ops::Deref for OwnedLink {
     type Target = Link;
     fn deref(&self) -> &Link {
-        &self.0
+        &self.link
     }
 }
 
 impl Drop for OwnedLink {
     fn drop(&mut self) {
-        self.0.retire();
+        match self.release {
+            None => self.link.retire(),
+            Some(frame) => {
+                let _ = self.link.send_silent(frame);
+            }
+        }
     }
 }
 

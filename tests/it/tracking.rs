@@ -315,3 +315,34 @@ fn a_tracked_key_whose_slot_moves_is_invalidated_and_tracked_where_it_went() {
         Some(vec![a.to_string()])
     );
 }
+
+#[test]
+fn reads_in_a_watched_transaction_are_tracked() {
+    let p = Proxy::for_cluster(cluster());
+    let mut w = p.raw();
+    let mut r = p.raw();
+    hello3(&mut r);
+    ask(&mut r, &["CLIENT", "TRACKING", "on"]);
+    let k = "{trk-watch}k";
+    ask(&mut w, &["SET", k, "1"]);
+    assert_eq!(ask(&mut r, &["WATCH", k]), "+OK\r\n");
+    assert_eq!(ask(&mut r, &["MULTI"]), "+OK\r\n");
+    assert_eq!(ask(&mut r, &["GET", k]), "+QUEUED\r\n");
+    assert_eq!(ask(&mut r, &["EXEC"]), "*1\r\n$1\r\n1\r\n");
+    ask(&mut w, &["SET", k, "2"]);
+    assert_eq!(
+        invalidated_keys(&read_reply_string(&mut r)),
+        Some(vec![k.to_string()])
+    );
+    // The WATCH was on the client's tracked link, which stays: a watch broken by another
+    // client still aborts, and the transactions after it are not watched.
+    assert_eq!(ask(&mut r, &["WATCH", k]), "+OK\r\n");
+    ask(&mut w, &["SET", k, "3"]);
+    ask(&mut r, &["MULTI"]);
+    ask(&mut r, &["SET", k, "4"]);
+    assert_eq!(ask(&mut r, &["EXEC"]), "_\r\n");
+    ask(&mut w, &["SET", k, "5"]);
+    ask(&mut r, &["MULTI"]);
+    ask(&mut r, &["INCR", k]);
+    assert_eq!(ask(&mut r, &["EXEC"]), "*1\r\n:6\r\n");
+}
