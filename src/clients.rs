@@ -170,26 +170,12 @@ impl ClientEntry {
 #[derive(Default)]
 pub struct Clients {
     map: Mutex<HashMap<u64, Arc<ClientEntry>>>,
-    /// Clients with CLIENT TRACKING on (INFO's `tracking_clients`).
-    tracking: AtomicU64,
     /// BCAST prefixes of those clients, with how many clients use each (INFO's
     /// `tracking_total_prefixes` counts them once, as Redis's prefix table does).
     prefixes: Mutex<HashMap<Bytes, usize>>,
 }
 
 impl Clients {
-    pub fn tracking_on(&self) {
-        self.tracking.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn tracking_off(&self) {
-        self.tracking.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn tracking_clients(&self) -> u64 {
-        self.tracking.load(Ordering::Relaxed)
-    }
-
     pub fn add_prefix(&self, p: &Bytes) {
         if let Ok(mut m) = self.prefixes.lock() {
             *m.entry(p.clone()).or_default() += 1;

@@ -151,6 +151,11 @@ pub struct Config {
     #[arg(long, env = "SLOTMUX_MAX_BLOCKING_CLIENTS", default_value_t = 1000)]
     pub max_blocking_clients: usize,
 
+    /// Most clients with CLIENT TRACKING on at once; each holds two backend connections per
+    /// master it reads from (every master in BCAST mode).
+    #[arg(long, env = "SLOTMUX_MAX_TRACKING_CLIENTS", default_value_t = 1000)]
+    pub max_tracking_clients: usize,
+
     /// Most commands one client may have in flight; slotmux stops reading from a client at
     /// this depth until replies drain (backpressure instead of unbounded buffers).
     #[arg(long, env = "SLOTMUX_MAX_PIPELINE", default_value_t = 1024,

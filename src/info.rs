@@ -199,7 +199,7 @@ fn clients(shared: &Shared) -> String {
             .iter()
             .filter(|c| c.is_blocked())
             .count(),
-        shared.client_list.tracking_clients(),
+        shared.tracking.load(Ordering::Relaxed),
     )
 }
 

@@ -156,6 +156,8 @@ pub struct Metrics {
     topology_age: IntGauge,
     unreachable: IntGauge,
     blocked: IntGauge,
+    tracking: IntGauge,
+    tracking_resets: IntCounter,
     output_limit: Counter,
     pub tls_handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
@@ -205,7 +207,7 @@ impl Metrics {
             backend_requests: reg(&r, cvec("slotmux_backend_requests_total", "Requests sent to each node", &["node"])),
             backend_errors: reg(&r, cvec("slotmux_backend_error_replies_total", "Error replies from each node (MOVED/ASK included)", &["node"])),
             backend_latency: reg(&r, hist("slotmux_backend_duration_seconds", "Time from writing a request to a node to reading its reply", &["node"])),
-            backend_connections: reg(&r, IntGaugeVec::new(Opts::new("slotmux_backend_connections", "Open backend connections by node and kind (shared, dedicated, pubsub)"), &["node", "kind"]).expect("static metric")),
+            backend_connections: reg(&r, IntGaugeVec::new(Opts::new("slotmux_backend_connections", "Open backend connections by node and kind (shared, dedicated, pubsub, tracking)"), &["node", "kind"]).expect("static metric")),
             node_up: reg(&r, IntGaugeVec::new(Opts::new("slotmux_node_up", "1 while the node answers slotmux's health probe (a PING about once a second), 0 when it does not"), &["node"]).expect("static metric")),
             hot_slots: reg(&r, GaugeVec::new(Opts::new("slotmux_hot_slot_requests_per_second", "Estimated requests per second of the busiest slots (the 10 busiest only; sampled, one command in 8, smoothed over about 2 s; off with --hotkeys off)"), &["slot"]).expect("static metric")),
             clients: reg(&r, gauge("slotmux_client_connections", "Client connections open now")),
@@ -222,6 +224,8 @@ impl Metrics {
             topology_age: reg(&r, gauge("slotmux_topology_age_seconds", "Seconds since the slot map was fetched (-1: never)")),
             unreachable: reg(&r, gauge("slotmux_masters_unreachable", "Masters whose last connection attempt failed")),
             blocked: reg(&r, gauge("slotmux_blocked_clients", "Clients waiting in a blocking command on a connection of their own")),
+            tracking: reg(&r, gauge("slotmux_tracking_clients", "Clients with CLIENT TRACKING on")),
+            tracking_resets: reg(&r, counter("slotmux_tracking_resets_total", "Invalidations of everything sent to tracking clients because a connection to a master ended (failover, hung node)")),
             output_limit: reg(&r, counter("slotmux_output_limit_disconnects_total", "Subscribers disconnected for not reading (pub/sub output limit)")),
             tls_handshake_failures: reg(&r, cvec("slotmux_tls_handshake_failures_total", "TLS handshakes that failed (bad or expired certificate, plain text on a TLS port, timeout), by side: client or backend", &["side"])),
             tls_reloads: reg(&r, cvec("slotmux_tls_reloads_total", "Certificate files re-read after they changed, by side: client or backend (new connections use them)", &["side"])),
@@ -244,6 +248,9 @@ impl Metrics {
             pubsub: self
                 .backend_connections
                 .with_label_values(&[addr, "pubsub"]),
+            tracking: self
+                .backend_connections
+                .with_label_values(&[addr, "tracking"]),
             probe_up: self.node_up.with_label_values(&[addr]),
         }
     }
@@ -255,7 +262,7 @@ impl Metrics {
         let _ = self.backend_errors.remove_label_values(&[addr]);
         let _ = self.backend_latency.remove_label_values(&[addr]);
         let _ = self.node_up.remove_label_values(&[addr]);
-        for kind in ["shared", "dedicated", "pubsub"] {
+        for kind in ["shared", "dedicated", "pubsub", "tracking"] {
             let _ = self.backend_connections.remove_label_values(&[addr, kind]);
         }
     }
@@ -276,6 +283,9 @@ impl Metrics {
             .set(shared.clients.load(Ordering::Relaxed) as i64);
         self.blocked
             .set(shared.blocked.load(Ordering::Relaxed) as i64);
+        self.tracking
+            .set(shared.tracking.load(Ordering::Relaxed) as i64);
+        Self::catch_up(&self.tracking_resets, ld(&s.tracking_resets));
         Self::catch_up(&self.accepted, ld(&s.accepted));
         Self::catch_up(
             &self.rejected.with_label_values(&["maxclients"]),
@@ -339,6 +349,8 @@ pub struct NodeMetrics {
     pub shared: IntGauge,
     pub dedicated: IntGauge,
     pub pubsub: IntGauge,
+    /// Tracking clients' links (each also holds the connection its invalidations come on).
+    pub tracking: IntGauge,
     pub probe_up: IntGauge,
 }
 

@@ -32,6 +32,8 @@ pub struct Stats {
     pub retries: [AtomicU64; RetryReason::ALL.len()],
     pub unknown_outcome: AtomicU64,
     pub output_limit_disconnects: AtomicU64,
+    /// Null invalidations sent because a tracking client's link to a master ended.
+    pub tracking_resets: AtomicU64,
     /// Second (since start) of the last "refusing client" log line.
     pub last_reject_log: AtomicU64,
     /// Commands per second over the last second (sampled by a ticker).
@@ -200,6 +202,8 @@ pub struct Shared {
     pub monitors: Arc<AtomicUsize>,
     /// Clients currently holding a dedicated connection for a blocking command.
     pub blocked: Arc<AtomicUsize>,
+    /// Clients with CLIENT TRACKING on (each holds a [`Permit`]).
+    pub tracking: Arc<AtomicUsize>,
     pub config: Arc<Config>,
     pub cluster: Arc<Cluster>,
     pub next_client_id: AtomicU64,
@@ -259,6 +263,7 @@ impl Shared {
             metrics,
             scripts: Scripts::new(SCRIPT_BYTES),
             blocked: Arc::new(AtomicUsize::new(0)),
+            tracking: Arc::new(AtomicUsize::new(0)),
             monitors: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
             cluster,
@@ -304,6 +309,10 @@ impl Shared {
     }
 
     /// A place for one more blocked client, if the limit allows.
+    pub fn tracking_permit(&self) -> Option<Permit> {
+        Permit::try_take(&self.tracking, self.config.max_tracking_clients)
+    }
+
     pub fn blocking_permit(&self) -> Option<Permit> {
         Permit::try_take(&self.blocked, self.config.max_blocking_clients)
     }

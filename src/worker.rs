@@ -467,13 +467,28 @@ impl Worker {
             for u in gone {
                 self.free_user(u);
             }
-            self.tracked.borrow_mut().retain(|l| match l.upgrade() {
-                Some(l) if !l.is_closed() => {
-                    l.tick(now, limit);
-                    true
-                }
-                _ => false,
-            });
+            // Tracking clients' links: a node that is down (by the probe) or no longer a
+            // master no longer sees the writes to what it tracked for them: closed, and
+            // their clients invalidate everything.
+            let mut tracked = self.tracked.borrow_mut();
+            if !tracked.is_empty() {
+                let topo = self.shared.cluster.snapshot();
+                tracked.retain(|l| match l.upgrade() {
+                    Some(l) if !l.is_closed() => {
+                        l.tick(now, limit);
+                        let master = topo.is_empty()
+                            || topo.masters().iter().any(|m| Arc::ptr_eq(m, &l.node));
+                        if !master {
+                            l.abandon("its node is no longer a master");
+                        } else if l.node.health().is_down() {
+                            l.abandon("its node is down");
+                        }
+                        true
+                    }
+                    _ => false,
+                });
+            }
+            drop(tracked);
             let mut retiring = self.retiring.borrow_mut();
             retiring.retain(|l| {
                 l.tick(now, limit);

@@ -64,12 +64,13 @@ pub(super) struct Tracking {
     /// BCAST: the topology snapshot links were last opened against (every master needs one).
     seen_topology: usize,
     shared: Arc<crate::shared::Shared>,
+    /// Its place under `--max-tracking-clients`.
+    _permit: crate::shared::Permit,
 }
 
 impl Drop for Tracking {
     fn drop(&mut self) {
         let c = &self.shared.client_list;
-        c.tracking_off();
         for p in &self.prefixes {
             c.remove_prefix(p);
         }
@@ -335,9 +336,14 @@ impl Session {
             new_prefixes.push(Bytes::new());
         }
         let shared = self.shared.clone();
-        let t = self.tracking.get_or_insert_with(|| {
-            shared.client_list.tracking_on();
-            Box::new(Tracking {
+        if self.tracking.is_none() {
+            let Some(permit) = shared.tracking_permit() else {
+                return Err(format!(
+                    "ERR slotmux: too many tracking clients (--max-tracking-clients {})",
+                    shared.config.max_tracking_clients
+                ));
+            };
+            self.tracking = Some(Box::new(Tracking {
                 bcast: false,
                 optin: false,
                 optout: false,
@@ -351,8 +357,12 @@ impl Session {
                 acks: Vec::new(),
                 seen_topology: 0,
                 shared: shared.clone(),
-            })
-        });
+                _permit: permit,
+            }));
+        }
+        let Some(t) = self.tracking.as_mut() else {
+            return Ok(());
+        };
         t.bcast = o.bcast;
         t.optin = o.optin;
         t.optout = o.optout;
@@ -532,15 +542,17 @@ impl Session {
             return;
         }
         let keys = match reply.result {
-            Ok(frame) => match frame.strip_prefix(PUSH_HEAD) {
-                Some(keys) => Bytes::copy_from_slice(keys),
-                // Nothing else is expected on that connection.
-                None => return,
-            },
+            // Nothing else is expected on that connection.
+            Ok(frame) if frame.starts_with(PUSH_HEAD) => frame.slice(PUSH_HEAD.len()..),
+            Ok(_) => return,
             // A tracked link ended without its owner closing it (each says so once).
             Err(_) => {
                 let Some(t) = &mut self.tracking else { return };
                 t.links.retain(|(_, l)| l.is_usable());
+                self.shared
+                    .stats
+                    .tracking_resets
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // What that node tracked is gone, and invalidations may have been missed:
                 // the client drops its whole cache, as after FLUSHALL.
                 Bytes::from_static(RESP3_NULL)

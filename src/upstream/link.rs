@@ -183,6 +183,9 @@ enum End {
     Refused(String),
     Broken(String),
     Timeout,
+    /// Closed by the worker: a tracked link to a node that is down or no longer a master (the
+    /// node's tracking of the client's keys no longer covers them).
+    Abandoned(&'static str),
 }
 
 struct Waiter {
@@ -216,6 +219,7 @@ struct State {
     /// Shared: out of the worker's table, close once idle. Owned: the owner let go.
     retired: bool,
     timed_out: bool,
+    abandoned: Option<&'static str>,
     stats: LinkStats,
 }
 
@@ -257,6 +261,7 @@ impl Link {
                 phase: Phase::Connecting,
                 retired: false,
                 timed_out: false,
+                abandoned: None,
                 stats,
             }),
         });
@@ -385,6 +390,18 @@ impl Link {
         self.st.borrow().waiting.front().map(|w| w.sent)
     }
 
+    /// Closes the link as failed (its owner hears of it), without counting the node down.
+    pub fn abandon(&self, why: &'static str) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            st.abandoned = Some(why);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// The worker's tick: drops a shared (or tracked) link whose oldest request waited longer than `limit`
     /// (a hung node), and flushes its metric counts.
     pub fn tick(&self, now: Instant, limit: Duration) {
@@ -414,6 +431,9 @@ impl Link {
         loop {
             if st.timed_out {
                 return Poll::Ready(End::Timeout);
+            }
+            if let Some(why) = st.abandoned {
+                return Poll::Ready(End::Abandoned(why));
             }
             if st.retired
                 && (!matches!(self.kind, LinkKind::Shared)
@@ -596,6 +616,10 @@ impl Link {
                 tracing::warn!(node = %node.addr, error = %e, "backend connection broken");
                 node.report_failure();
             }
+            End::Abandoned(why) => {
+                gauge.dec();
+                tracing::info!(node = %node.addr, why, "tracking connection closed");
+            }
             End::Timeout => {
                 gauge.dec();
                 tracing::warn!(node = %node.addr, "backend reply timeout; connection dropped");
@@ -621,7 +645,8 @@ impl Link {
     fn gauge(&self) -> &prometheus::IntGauge {
         match self.kind {
             LinkKind::Shared => &self.node.metrics.shared,
-            LinkKind::Dedicated | LinkKind::Tracked { .. } => &self.node.metrics.dedicated,
+            LinkKind::Dedicated => &self.node.metrics.dedicated,
+            LinkKind::Tracked { .. } => &self.node.metrics.tracking,
             LinkKind::Stream { .. } => &self.node.metrics.pubsub,
         }
     }

@@ -388,6 +388,15 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
     std::thread::sleep(Duration::from_millis(300));
     let victim_key = key_on(&keys, v);
     let slot = first_slot_of(c, v);
+    // An idle tracking client that read a key of the victim: nothing of its own waits on the
+    // hung node, yet what the node tracked for it is lost with it.
+    let mut tracker = p.raw();
+    assert!(support::ask(&mut tracker, &["HELLO", "3"]).starts_with('%'));
+    assert_eq!(
+        support::ask(&mut tracker, &["CLIENT", "TRACKING", "on"]),
+        "+OK\r\n"
+    );
+    assert!(support::ask(&mut tracker, &["GET", &victim_key]).starts_with('$'));
     let t0 = Instant::now();
     c.signal(v, libc::SIGSTOP);
     let clock = failover_clock(c, v, slot, t0);
@@ -399,7 +408,19 @@ fn master_hung_with_sigstop_is_detected_by_timeout() {
         }
     }
     let resume = Resume(c, v);
+    assert_eq!(
+        support::invalidated_keys(&support::read_reply_string(&mut tracker)),
+        None,
+        "a tracking client of a hung master is told to drop everything"
+    );
     wait_served(&p, c, &victim_key, Duration::from_secs(40));
+    // Tracked again on the promoted replica.
+    assert!(support::ask(&mut tracker, &["GET", &victim_key]).starts_with('$'));
+    support::ask(&mut p.raw(), &["SET", &victim_key, &victim_key]);
+    assert_eq!(
+        support::invalidated_keys(&support::read_reply_string(&mut tracker)),
+        Some(vec![victim_key.clone()])
+    );
     let recovered = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = load.into_iter().map(|h| h.join().unwrap()).collect();
@@ -590,6 +611,8 @@ fn subscriber_is_resubscribed_and_tracking_clients_invalidated_after_their_node_
     for s in [&mut r3, &mut bc, &mut red] {
         assert_eq!(invalidated_keys(&read_reply_string(s)), None);
     }
+    assert_eq!(p.metric("slotmux_tracking_clients"), 3.0);
+    assert_eq!(p.metric("slotmux_tracking_resets_total"), 3.0);
     // After the failover, reads are tracked on the new master, and its writes invalidate.
     wait_served_value(&p, &key);
     for s in [&mut r3, &mut bc, &mut r2] {

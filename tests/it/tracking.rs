@@ -346,3 +346,29 @@ fn reads_in_a_watched_transaction_are_tracked() {
     ask(&mut r, &["INCR", k]);
     assert_eq!(ask(&mut r, &["EXEC"]), "*1\r\n:6\r\n");
 }
+
+#[test]
+fn tracking_clients_are_bounded() {
+    let p = Proxy::with_config(cluster(), |c| c.max_tracking_clients = 1);
+    let mut a = p.raw();
+    let mut b = p.raw();
+    assert_eq!(ask(&mut a, &["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    // Turning it on again (new options) keeps the same place.
+    assert_eq!(
+        ask(&mut a, &["CLIENT", "TRACKING", "on", "NOLOOP"]),
+        "+OK\r\n"
+    );
+    assert_eq!(
+        ask(&mut b, &["CLIENT", "TRACKING", "on"]),
+        "-ERR slotmux: too many tracking clients (--max-tracking-clients 1)\r\n"
+    );
+    assert_eq!(p.metric("slotmux_tracking_clients"), 1.0);
+    assert_eq!(ask(&mut a, &["CLIENT", "TRACKING", "off"]), "+OK\r\n");
+    assert_eq!(ask(&mut b, &["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    drop(b);
+    crate::support::wait_until(
+        "the place to be given back with the client",
+        std::time::Duration::from_secs(10),
+        || ask(&mut a, &["CLIENT", "TRACKING", "on"]) == "+OK\r\n",
+    );
+}
