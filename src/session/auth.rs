@@ -120,6 +120,7 @@ impl Session {
         self.user = user;
         if changed {
             self.publish_view();
+            self.tracking_user_changed();
         }
     }
 

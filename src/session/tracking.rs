@@ -59,8 +59,9 @@ pub(super) struct Tracking {
     /// The queue entry that next command became, whose sends carry the CACHING.
     caching_for: Option<(u64, bool)>,
     links: Vec<(Arc<Node>, OwnedLink)>,
-    /// CLIENT TRACKING replies waiting for their links to confirm: (entry, links left).
-    acks: Vec<(u64, usize)>,
+    /// CLIENT TRACKING replies waiting for their links to confirm: (entry, links left, the
+    /// first refusal).
+    acks: Vec<(u64, usize, Option<Bytes>)>,
     /// BCAST: the topology snapshot links were last opened against (every master needs one).
     seen_topology: usize,
     shared: Arc<crate::shared::Shared>,
@@ -249,7 +250,7 @@ impl Session {
         }
         match self.tracking.as_mut() {
             Some(t) if sent > 0 => {
-                t.acks.push((n, sent));
+                t.acks.push((n, sent, None));
                 self.push(Entry::Waiting);
             }
             _ => self.reply_local(|o, _| write::ok(o)),
@@ -262,7 +263,7 @@ impl Session {
         let Some(t) = self.tracking.take() else {
             return;
         };
-        for (n, _) in &t.acks {
+        for (n, _, _) in &t.acks {
             if let Some(e) = self.queue.entry_mut(tag(*n, 0)) {
                 *e = Entry::ready(Bytes::from_static(b"+OK\r\n"), Outcome::Ok);
             }
@@ -270,19 +271,35 @@ impl Session {
         self.me.set_view(|v| v.redir = None);
     }
 
-    /// A link confirmed (or failed to) a CLIENT TRACKING: its `+OK` once all have.
-    fn on_tracking_ack(&mut self, n: u64) {
+    /// A link confirmed (or failed to) a CLIENT TRACKING: its `+OK` once all have, or the
+    /// first refusal a node sent (the client's user may not track: `NOPERM`), which also turns
+    /// tracking off again. A link that could not connect counts as done: its loss already
+    /// invalidates everything, and the next command opens another.
+    fn on_tracking_ack(&mut self, n: u64, result: Result<Bytes, crate::upstream::UpstreamError>) {
         let Some(t) = &mut self.tracking else { return };
         let Some(i) = t.acks.iter().position(|a| a.0 == n) else {
             return;
         };
-        t.acks[i].1 -= 1;
-        if t.acks[i].1 > 0 {
+        let a = &mut t.acks[i];
+        a.1 -= 1;
+        if let Ok(f) = result {
+            if f.first() == Some(&b'-') && a.2.is_none() {
+                a.2 = Some(f);
+            }
+        }
+        if a.1 > 0 {
             return;
         }
-        t.acks.swap_remove(i);
+        let refused = t.acks.swap_remove(i).2;
+        let reply = match &refused {
+            Some(e) => Entry::ready(e.clone(), Outcome::Error),
+            None => Entry::ready(Bytes::from_static(b"+OK\r\n"), Outcome::Ok),
+        };
         if let Some(e) = self.queue.entry_mut(tag(n, 0)) {
-            *e = Entry::ready(Bytes::from_static(b"+OK\r\n"), Outcome::Ok);
+            *e = reply;
+        }
+        if refused.is_some() {
+            self.tracking_off();
         }
     }
 
@@ -517,6 +534,19 @@ impl Session {
         Some(l.link().clone())
     }
 
+    /// The client authenticated as another user: its tracked links (the old user's) close,
+    /// and with them what the masters tracked, so the client drops everything; new links
+    /// open as the new user.
+    pub(super) fn tracking_user_changed(&mut self) {
+        let Some(t) = &mut self.tracking else { return };
+        if t.links.is_empty() {
+            return;
+        }
+        t.links.clear();
+        t.seen_topology = 0;
+        self.send_invalidation(Bytes::from_static(RESP3_NULL));
+    }
+
     /// HELLO changed the protocol: the tracked links follow (they keep what they track).
     pub(super) fn tracking_proto(&mut self, proto: Proto) {
         let Some(t) = &self.tracking else { return };
@@ -533,7 +563,7 @@ impl Session {
     /// redirected here by another client.
     pub(super) fn on_tracking(&mut self, reply: Reply) {
         if reply.tag >> 58 == 1 {
-            return self.on_tracking_ack(reply.tag & !ACK_TAG);
+            return self.on_tracking_ack(reply.tag & !ACK_TAG, reply.result);
         }
         if reply.tag == REDIRECTED_TAG {
             if let Ok(keys) = reply.result {
@@ -548,7 +578,16 @@ impl Session {
             // A tracked link ended without its owner closing it (each says so once).
             Err(_) => {
                 let Some(t) = &mut self.tracking else { return };
+                // One that never tracked (it could not connect, or the node refused the
+                // client's user) lost nothing.
+                let lost = t
+                    .links
+                    .iter()
+                    .any(|(_, l)| !l.is_usable() && l.tracking_started());
                 t.links.retain(|(_, l)| l.is_usable());
+                if !lost {
+                    return;
+                }
                 self.shared
                     .stats
                     .tracking_resets

@@ -161,6 +161,8 @@ pub struct Tracked {
     opts: RefCell<Vec<Bytes>>,
     /// The node's id of the invalidation connection, once known (0 before).
     redirect: std::cell::Cell<i64>,
+    /// The node accepted `CLIENT TRACKING on`: it may have tracked keys here since.
+    started: std::cell::Cell<bool>,
 }
 
 impl Tracked {
@@ -168,6 +170,7 @@ impl Tracked {
         Rc::new(Tracked {
             opts: RefCell::new(opts),
             redirect: std::cell::Cell::new(0),
+            started: std::cell::Cell::new(false),
         })
     }
 }
@@ -628,6 +631,11 @@ impl Link {
         }
     }
 
+    /// A [`LinkKind::Tracked`] link whose node accepted `CLIENT TRACKING on`.
+    pub fn tracking_started(&self) -> bool {
+        matches!(&self.kind, LinkKind::Tracked { track, .. } if track.started.get())
+    }
+
     /// New tracking options for a [`LinkKind::Tracked`] link: `all` if its tracking is not
     /// set up yet, else `change` (the node adds prefixes to those it has) sent now.
     pub fn retrack(&self, all: Vec<Bytes>, change: &[Bytes]) {
@@ -674,7 +682,7 @@ async fn run(link: Rc<Link>) {
         Ok(mut stream) => 'up: {
             let mut pushes = None;
             if let LinkKind::Tracked { track, .. } = &link.kind {
-                match start_tracking(&link.node.addr, settings, &mut stream, track).await {
+                match start_tracking(&link.node, settings, &mut stream, track).await {
                     Ok(s) => pushes = Some(s),
                     Err(e) => break 'up e,
                 }
@@ -719,22 +727,28 @@ fn tracking_command(id: i64, opts: &[Bytes]) -> Bytes {
     crate::resp::write::encode_command(parts)
 }
 
-/// Opens the connection a tracked link's invalidations go to, and turns tracking on for
-/// `stream` with its redirect there.
+/// Opens the connection a tracked link's invalidations go to (as slotmux's own user: a
+/// client's user needs no more than on one Redis, `client|tracking`), and turns tracking on
+/// for `stream` with its redirect there.
 async fn start_tracking(
-    addr: &str,
+    node: &Node,
     settings: &super::connect::ConnSettings,
     stream: &mut super::connect::NodeStream,
     track: &Tracked,
 ) -> Result<super::connect::NodeStream, End> {
     use super::connect::exchange;
     let limit = settings.reply_timeout;
-    let mut pushes = connect(addr, Proto::Resp3, settings)
+    let mut pushes = connect(&node.addr, Proto::Resp3, node.settings())
         .await
         .map_err(|e| End::ConnectFailed(e.to_string()))?;
     let id = exchange(&mut pushes, &[&[b"CLIENT", b"ID"]], limit)
         .await
         .map_err(End::Broken)?;
+    if let Some(e) = id.first().filter(|r| r.first() == Some(&b'-')) {
+        return Err(End::Refused(
+            String::from_utf8_lossy(&e[1..]).trim_end().to_string(),
+        ));
+    }
     let id = id
         .first()
         .and_then(|r| r.strip_prefix(b":"))
@@ -758,7 +772,10 @@ async fn start_tracking(
         Some(r) if r.first() == Some(&b'-') => Err(End::Refused(
             String::from_utf8_lossy(&r[1..]).trim_end().to_string(),
         )),
-        _ => Ok(pushes),
+        _ => {
+            track.started.set(true);
+            Ok(pushes)
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn users() {
             "+publish",
             "+ping",
             "+acl|whoami",
+            "+client|tracking",
         ]);
         c.on_every_node(&[
             "ACL",
@@ -233,4 +234,64 @@ fn users_with_connections_of_their_own_are_bounded_and_closed_when_idle() {
     );
     ok(&mut admin, &["AUTH", "admin", "admin-secret"]);
     ok(&mut admin, &["SET", "other:b2", "1"]);
+}
+
+/// A tracking client that authenticates as another user: its tracked connections are the old
+/// user's, so they close (the client is told to drop everything), and the next reads run, and
+/// are tracked, as the new user.
+#[test]
+fn a_tracking_client_that_changes_user_reads_as_the_new_user() {
+    let _g = crate::shared_use();
+    let p = passthrough(|_| {});
+    let mut t = p.raw();
+    let ask = |s: &mut std::net::TcpStream, args: &[&str]| {
+        s.write_all(&encode(args)).unwrap();
+        read_reply_string(s)
+    };
+    assert!(ask(&mut t, &["HELLO", "3"]).starts_with('%'));
+    assert_eq!(ask(&mut t, &["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    assert_eq!(ask(&mut t, &["AUTH", "admin", "admin-secret"]), "+OK\r\n");
+    assert!(ask(&mut t, &["GET", "other:trk"]).starts_with(['$', '_']));
+    t.write_all(&encode(&["AUTH", "app", "app-secret"]))
+        .unwrap();
+    let mut two = [read_reply_string(&mut t), read_reply_string(&mut t)];
+    two.sort();
+    assert_eq!(
+        two,
+        [
+            "+OK\r\n".to_string(),
+            ">2\r\n$10\r\ninvalidate\r\n_\r\n".to_string()
+        ]
+    );
+    let r = ask(&mut t, &["GET", "other:trk"]);
+    assert!(r.starts_with("-NOPERM"), "{r}");
+    assert!(ask(&mut t, &["GET", "app:trk"]).starts_with(['$', '_']));
+    let mut admin = p.conn();
+    ok(&mut admin, &["AUTH", "admin", "admin-secret"]);
+    ok(&mut admin, &["SET", "app:trk", "1"]);
+    assert_eq!(
+        read_reply_string(&mut t),
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$7\r\napp:trk\r\n"
+    );
+    // A user the cluster does not let track gets the cluster's refusal, as from one Redis,
+    // and stays without tracking; the nodes are not counted down for it.
+    cluster().on_every_node(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">reader-secret",
+        "~*",
+        "+get",
+    ]);
+    let mut r = p.raw();
+    assert!(ask(&mut r, &["HELLO", "3", "AUTH", "reader", "reader-secret"]).starts_with('%'));
+    let e = ask(&mut r, &["CLIENT", "TRACKING", "on", "BCAST"]);
+    assert!(
+        e.starts_with("-NOPERM") && e.contains("client|tracking"),
+        "{e}"
+    );
+    assert_eq!(ask(&mut r, &["CLIENT", "GETREDIR"]), ":-1\r\n");
+    assert!(ask(&mut r, &["GET", "app:trk"]).starts_with('$'));
+    assert_eq!(p.metric("slotmux_masters_unreachable"), 0.0);
 }
