@@ -467,19 +467,20 @@ impl Worker {
             for u in gone {
                 self.free_user(u);
             }
-            // Tracking clients' links: a node that is down (by the probe) or no longer a
-            // master no longer sees the writes to what it tracked for them: closed, and
-            // their clients invalidate everything.
+            // Tracking clients' links: a node that is down (by the probe), became a replica
+            // or left the cluster no longer sees the writes to what it tracked for them:
+            // closed, and their clients invalidate everything. (A master with no slots yet,
+            // the target of a migration, is in neither list: kept.)
             let mut tracked = self.tracked.borrow_mut();
             if !tracked.is_empty() {
                 let topo = self.shared.cluster.snapshot();
                 tracked.retain(|l| match l.upgrade() {
                     Some(l) if !l.is_closed() => {
                         l.tick(now, limit);
-                        let master = topo.is_empty()
-                            || topo.masters().iter().any(|m| Arc::ptr_eq(m, &l.node));
-                        if !master {
-                            l.abandon("its node is no longer a master");
+                        if topo.is_replica(&l.node) {
+                            l.abandon("its node is now a replica");
+                        } else if l.node.is_forgotten() {
+                            l.abandon("its node left the cluster");
                         } else if l.node.health().is_down() {
                             l.abandon("its node is down");
                         }

@@ -143,6 +143,11 @@ impl Topology {
         &self.masters
     }
 
+    /// Whether `node` is a replica in this map.
+    pub fn is_replica(&self, node: &Arc<Node>) -> bool {
+        self.replicas.iter().flatten().any(|r| Arc::ptr_eq(r, node))
+    }
+
     /// Every node of the map: masters, then replicas.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.masters.iter().chain(self.replicas.iter().flatten())

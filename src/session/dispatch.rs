@@ -93,6 +93,13 @@ impl Session {
         if self.pubsub.is_some() && self.refuse_in_subscribed_state(name) {
             return;
         }
+        if self.multi.is_none() && !self.queue.is_empty() && self.switches_links(spec.name) {
+            // Counted when it runs.
+            self.cur = None;
+            self.held = Some((frame.clone(), ranges.to_vec()));
+            self.drain_hold = true;
+            return;
+        }
         self.worker.sample_keys(spec, args);
         // Inside MULTI these take effect when EXEC has run them (see `tx::Echo`).
         let now_effective = self.multi.is_none();
@@ -316,6 +323,9 @@ impl Session {
 
     /// Runs the held command if the pause no longer holds it.
     pub(super) fn release_held(&mut self) {
+        if self.drain_hold {
+            return;
+        }
         let Some((frame, ranges)) = self.held.take() else {
             return;
         };
@@ -329,6 +339,25 @@ impl Session {
         self.me.set_postponed(false);
         self.now = Instant::now();
         self.handle(frame, &ranges);
+    }
+
+    /// Runs the command held until the client's earlier commands were answered.
+    pub(super) fn release_drained(&mut self) {
+        self.drain_hold = false;
+        if let Some((frame, ranges)) = self.held.take() {
+            self.now = Instant::now();
+            self.handle(frame, &ranges);
+        }
+    }
+
+    /// Whether the command moves the client's commands between the shared links and its
+    /// tracked ones, so it must wait for what the client sent before.
+    fn switches_links(&self, name: &str) -> bool {
+        match name {
+            "client|tracking" => true,
+            "auth" | "hello" | "reset" => self.tracking.is_some(),
+            _ => false,
+        }
     }
 
     /// Refuses the command; inside MULTI that also fails the transaction, as in Redis.

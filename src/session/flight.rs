@@ -79,7 +79,11 @@ impl Session {
         };
         // Replica reads use links of their own kind, which sent READONLY first. A tracking
         // client's keyed commands go on its own links, where the node tracks its keys.
-        if tracked && matches!(f.target, Target::Slot(_)) {
+        if tracked
+            && (matches!(f.target, Target::Slot(_))
+                || (matches!(f.target, Target::Node(_))
+                    && self.tracking.as_ref().is_some_and(|t| t.has_link(node))))
+        {
             let node = node.clone();
             return self.send_tracked(tag, node, asking, now);
         }
@@ -118,7 +122,11 @@ impl Session {
     /// A tracking client's keyed request: on its own link to `node`, where the node tracks
     /// the keys it reads.
     fn send_tracked(&mut self, tag: u64, node: Arc<Node>, asking: bool, now: Instant) {
-        let link = self.tracking_link(&node, tag >> super::queue::SUB_BITS);
+        let caching = self.tracking_caching(tag);
+        let link = self.tracking_link(&node);
+        if let (Some(l), Some(yes)) = (&link, caching) {
+            self.send_caching(l, yes, asking);
+        }
         let Some(f) = self.queue.flight_mut(tag) else {
             return;
         };
@@ -237,6 +245,19 @@ impl Session {
             return;
         };
         if f.replies > 1 {
+            // A tracking client's CLIENT CACHING before MULTI lasts through the transaction.
+            if let Some(yes) = self.tracking_caching(tag) {
+                let own = self
+                    .queue
+                    .flight_mut(tag)
+                    .and_then(|f| f.own.as_ref().map(|l| l.link().clone()));
+                if let Some(l) = own {
+                    self.send_caching(&l, yes, false);
+                }
+            }
+            let Some(f) = self.queue.flight_mut(tag) else {
+                return;
+            };
             f.state = FlightState::InFlight;
             let sent = match &f.own {
                 Some(l) => {

@@ -111,6 +111,10 @@ pub struct Session {
     auth_wait: Option<Box<auth::AuthWait>>,
     /// CLIENT TRACKING, while on. Boxed: rare.
     tracking: Option<Box<tracking::Tracking>>,
+    /// `held` waits for the client's earlier commands to be answered, not for a pause: it
+    /// moves the client's commands between the shared and its tracked links (CLIENT
+    /// TRACKING, or AUTH/HELLO/RESET while tracking), and nothing sent before may be overtaken.
+    drain_hold: bool,
 }
 
 /// CLIENT REPLY's state.
@@ -205,6 +209,7 @@ impl Session {
             user: 0,
             auth_wait: None,
             tracking: None,
+            drain_hold: false,
         };
         s.read_from = crate::router::ReadFrom::parse(&s.shared.config.read_from);
         let cfg = s.shared.config.clone();
@@ -264,6 +269,10 @@ impl Session {
             }
             shrink(&mut inbuf);
             s.flush_ready();
+            if s.drain_hold && s.queue.is_empty() {
+                s.release_drained();
+                continue;
+            }
             if s.kill || (s.closing && s.queue.is_empty() && s.out.is_empty()) {
                 break;
             }
@@ -374,6 +383,8 @@ impl Session {
             }
         }
         inbox.close();
+        // Tracking ends with the session, before its user: nobody is told to drop a cache.
+        s.tracking = None;
         s.become_user(0);
         // A TLS close_notify to a client that reads nothing must not hold the task.
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;

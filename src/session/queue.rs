@@ -92,6 +92,8 @@ pub(super) struct Flight {
     pub scanned: Vec<Bytes>,
     /// A read the client allows on a replica (`--read-from`, READONLY).
     pub replica: bool,
+    /// A tracking client's CLIENT CACHING applies to this request (yes or no), on every send.
+    pub caching: Option<bool>,
 }
 
 impl Flight {
@@ -118,6 +120,7 @@ impl Flight {
             sent_at: None,
             scanned: Vec::new(),
             replica: false,
+            caching: None,
         }
     }
 

@@ -22,7 +22,7 @@ use super::Session;
 use crate::command::Args;
 use crate::metrics::Outcome;
 use crate::resp::write::{self, Proto};
-use crate::upstream::{Link, LinkKind, Node, OwnedLink, Reply, Tracked};
+use crate::upstream::{Link, LinkKind, Node, OwnedLink, Release, Reply, Tracked};
 
 /// Tag of the invalidations the session's tracked links deliver (and of their loss).
 pub(super) const TRACKING_TAG: u64 = 1 << 59;
@@ -40,6 +40,8 @@ pub(super) fn is_tracking_tag(tag: u64) -> bool {
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
 const PUSH_HEAD: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
+const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nyes\r\n";
+const CACHING_NO: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$2\r\nno\r\n";
 const RESP3_NULL: &[u8] = b"_\r\n";
 
 /// A client's tracking state, while `CLIENT TRACKING` is on.
@@ -113,6 +115,12 @@ impl Tracking {
         }
     }
 
+    /// Whether the client has a tracked link to `node` already (keyless commands to that node
+    /// use it: WAIT must follow the client's writes, which went there).
+    pub(super) fn has_link(&self, node: &Arc<Node>) -> bool {
+        self.link(node).is_some()
+    }
+
     fn link(&self, node: &Arc<Node>) -> Option<&OwnedLink> {
         self.links
             .iter()
@@ -167,7 +175,8 @@ struct Options {
     prefixes: Vec<Bytes>,
 }
 
-fn parse(args: &Args<'_>) -> Result<Options, String> {
+/// `exists`: whether a client id is connected (checked while parsing, as Redis does).
+fn parse(args: &Args<'_>, exists: impl Fn(i64) -> bool) -> Result<Options, String> {
     let mut o = Options::default();
     let mut j = 3;
     while j < args.len() {
@@ -179,7 +188,10 @@ fn parse(args: &Args<'_>) -> Result<Options, String> {
                 return Err("ERR A client can only redirect to a single other client".into());
             }
             match crate::resp::parse_i64(args.get(j).unwrap_or_default()) {
-                Some(id) => o.redirect = Some(id),
+                Some(id) if exists(id) => o.redirect = Some(id),
+                Some(_) => {
+                    return Err("ERR The client ID you want redirect to does not exist".into())
+                }
                 None => return Err("ERR value is not an integer or out of range".into()),
             }
         } else if a.eq_ignore_ascii_case(b"BCAST") {
@@ -260,15 +272,32 @@ impl Session {
     /// Tracking ends (CLIENT TRACKING off, RESET): its links close; a CLIENT TRACKING still
     /// waiting for them is answered.
     pub(super) fn tracking_off(&mut self) {
-        let Some(t) = self.tracking.take() else {
+        let Some(mut t) = self.tracking.take() else {
             return;
         };
+        self.keep_watch_link(&mut t);
         for (n, _, _) in &t.acks {
             if let Some(e) = self.queue.entry_mut(tag(*n, 0)) {
                 *e = Entry::ready(Bytes::from_static(b"+OK\r\n"), Outcome::Ok);
             }
         }
         self.me.set_view(|v| v.redir = None);
+    }
+
+    /// The link holding the client's WATCHes, if it is one of the tracked ones about to close:
+    /// it becomes the WATCH's own (closed with it), so the transaction still runs there.
+    fn keep_watch_link(&mut self, t: &mut Tracking) {
+        let Some(w) = &mut self.watch else { return };
+        let Some(i) = t
+            .links
+            .iter()
+            .position(|(_, l)| std::rc::Rc::ptr_eq(l.link(), w.link.link()))
+        else {
+            return;
+        };
+        let (_, mut l) = t.links.swap_remove(i);
+        l.set_release(Release::Nothing);
+        w.link.set_release(Release::Retire);
     }
 
     /// A link confirmed (or failed to) a CLIENT TRACKING: its `+OK` once all have, or the
@@ -304,16 +333,13 @@ impl Session {
     }
 
     fn client_tracking_inner(&mut self, args: &Args<'_>) -> Result<(), String> {
-        let o = parse(args)?;
-        if let Some(id) = o.redirect.filter(|&id| id != 0) {
-            if u64::try_from(id)
+        let clients = &self.shared.client_list;
+        let o = parse(args, |id| {
+            u64::try_from(id)
                 .ok()
-                .and_then(|id| self.shared.client_list.get(id))
-                .is_none()
-            {
-                return Err("ERR The client ID you want redirect to does not exist".into());
-            }
-        }
+                .and_then(|id| clients.get(id))
+                .is_some()
+        })?;
         let mode = args.get(2).unwrap_or_default();
         if mode.eq_ignore_ascii_case(b"off") {
             self.tracking_off();
@@ -397,9 +423,17 @@ impl Session {
             l.retrack(all.clone(), &change);
         }
         let redir = t.redirect as i64;
+        let first = t.links.is_empty();
         self.me.set_view(|v| v.redir = Some(redir));
         if o.bcast {
             self.ensure_bcast_links();
+        } else if first {
+            // One link now, so a cluster that refuses this user CLIENT TRACKING says so to
+            // this command, as one Redis would (not to the first read).
+            let topo = self.topo.load().clone();
+            if let Some(node) = topo.any_master(self.id as usize) {
+                self.tracking_link(node);
+            }
         }
         Ok(())
     }
@@ -504,13 +538,9 @@ impl Session {
         }
     }
 
-    /// The link a tracking client's keyed request to `node` goes on (`None`: not tracking),
-    /// with CLIENT CACHING sent before it when it is the command that CACHING applies to.
-    pub(super) fn tracking_link(
-        &mut self,
-        node: &Arc<Node>,
-        entry: u64,
-    ) -> Option<std::rc::Rc<Link>> {
+    /// The client's tracked link to `node`, opened if it has none (`None`: not tracking, or
+    /// the node is in backoff).
+    pub(super) fn tracking_link(&mut self, node: &Arc<Node>) -> Option<std::rc::Rc<Link>> {
         let s = SessionLinks {
             inbox: self.inbox.clone(),
             proto: self.proto,
@@ -520,29 +550,55 @@ impl Session {
         if t.link(node).is_none() {
             t.open(node, &self.worker, &s);
         }
-        let l = t.link(node)?;
-        if let Some((n, yes)) = t.caching_for {
-            if n == entry {
-                let cmd: &[u8] = if yes {
-                    b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nyes\r\n"
-                } else {
-                    b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$2\r\nno\r\n"
-                };
-                let _ = l.send_silent(cmd);
-            }
+        t.link(node).map(|l| l.link().clone())
+    }
+
+    /// Whether the client's CLIENT CACHING applies to request `tag` (and which), on each of
+    /// its sends.
+    pub(super) fn tracking_caching(&mut self, tag: u64) -> Option<bool> {
+        let t = self.tracking.as_ref()?;
+        let entry = tag >> super::queue::SUB_BITS;
+        let from_cmd = t.caching_for.filter(|c| c.0 == entry).map(|c| c.1);
+        let f = self.queue.flight_mut(tag)?;
+        if f.caching.is_none() {
+            f.caching = from_cmd;
         }
-        Some(l.link().clone())
+        f.caching
+    }
+
+    /// Sends CLIENT CACHING on `link` before a request. After `ASKING` a node forgets CACHING
+    /// (and the other way round), so an OPTIN read through ASK is not tracked: the client is
+    /// told to drop everything after its reply instead.
+    pub(super) fn send_caching(&mut self, link: &Link, yes: bool, asking: bool) {
+        if asking {
+            if yes {
+                self.deliver_invalidation_all();
+            }
+            return;
+        }
+        let _ = link.send_silent(if yes { CACHING_YES } else { CACHING_NO });
+    }
+
+    /// An invalidation of everything, queued behind the client's pending replies.
+    fn deliver_invalidation_all(&mut self) {
+        self.send_invalidation(Bytes::from_static(RESP3_NULL));
     }
 
     /// The client authenticated as another user: its tracked links (the old user's) close,
     /// and with them what the masters tracked, so the client drops everything; new links
     /// open as the new user.
     pub(super) fn tracking_user_changed(&mut self) {
-        let Some(t) = &mut self.tracking else { return };
+        let Some(mut t) = self.tracking.take() else {
+            return;
+        };
         if t.links.is_empty() {
+            self.tracking = Some(t);
             return;
         }
+        self.keep_watch_link(&mut t);
         t.links.clear();
+        self.tracking = Some(t);
+        let Some(t) = &mut self.tracking else { return };
         t.seen_topology = 0;
         self.send_invalidation(Bytes::from_static(RESP3_NULL));
     }
@@ -578,16 +634,8 @@ impl Session {
             // A tracked link ended without its owner closing it (each says so once).
             Err(_) => {
                 let Some(t) = &mut self.tracking else { return };
-                // One that never tracked (it could not connect, or the node refused the
-                // client's user) lost nothing.
-                let lost = t
-                    .links
-                    .iter()
-                    .any(|(_, l)| !l.is_usable() && l.tracking_started());
+                // Only a link that tracked says it ended (see `Link::close`).
                 t.links.retain(|(_, l)| l.is_usable());
-                if !lost {
-                    return;
-                }
                 self.shared
                     .stats
                     .tracking_resets

@@ -243,7 +243,7 @@ impl Session {
         // A tracking client watches on its tracked link to the node: the transaction's reads
         // are tracked, and the link outlives the WATCH (UNWATCH when it is let go).
         let link = if self.tracking.is_some() {
-            self.tracking_link(&node, u64::MAX)
+            self.tracking_link(&node)
                 .map(|l| OwnedLink::lent(l, b"*1\r\n$7\r\nUNWATCH\r\n"))
         } else {
             self.worker
@@ -292,7 +292,13 @@ impl Session {
             // answered, so a WATCH pipelined after this EXEC starts a link of its own.
             f.via = Via::Watch;
             f.asking = w.asking;
-            f.own = Some(w.link);
+            let mut link = w.link;
+            // EXEC unwatches on the node: a lent link needs no UNWATCH after it (one sent
+            // then could undo a WATCH pipelined behind this EXEC).
+            if link.release() != crate::upstream::Release::Retire {
+                link.set_release(crate::upstream::Release::Nothing);
+            }
+            f.own = Some(link);
         }
         let n = self.push(Entry::One(f));
         if !m.echoes.is_empty() || !m.locals.is_empty() {

@@ -223,6 +223,8 @@ struct State {
     retired: bool,
     timed_out: bool,
     abandoned: Option<&'static str>,
+    /// Counted in the connections gauge (it connected).
+    counted: bool,
     stats: LinkStats,
 }
 
@@ -265,6 +267,7 @@ impl Link {
                 retired: false,
                 timed_out: false,
                 abandoned: None,
+                counted: false,
                 stats,
             }),
         });
@@ -438,8 +441,10 @@ impl Link {
             if let Some(why) = st.abandoned {
                 return Poll::Ready(End::Abandoned(why));
             }
+            // A tracked link is left like a shared one: what its client sent before it let go
+            // (CLIENT TRACKING off, RESET) still gets its replies.
             if st.retired
-                && (!matches!(self.kind, LinkKind::Shared)
+                && (!matches!(self.kind, LinkKind::Shared | LinkKind::Tracked { .. })
                     || (st.waiting.is_empty() && st.wbuf.is_empty()))
             {
                 return Poll::Ready(End::Idle);
@@ -594,7 +599,15 @@ impl Link {
                 });
             }
         }
-        if let LinkKind::Stream { tag, to } | LinkKind::Tracked { tag, to, .. } = &self.kind {
+        // A tracked link that never tracked (it could not connect, the node refused the
+        // client's user) lost nothing: no word of it.
+        let lost_tracking = match &self.kind {
+            LinkKind::Tracked { track, .. } => track.started.get(),
+            _ => true,
+        };
+        if let (LinkKind::Stream { tag, to } | LinkKind::Tracked { tag, to, .. }, true) =
+            (&self.kind, lost_tracking)
+        {
             if !retired {
                 to.push(Reply {
                     tag: *tag,
@@ -603,11 +616,13 @@ impl Link {
             }
         }
         let node = &self.node;
-        let gauge = self.gauge();
+        if std::mem::take(&mut self.st.borrow_mut().counted) {
+            self.gauge().dec();
+        }
         match end {
-            End::Idle => gauge.dec(),
+            End::Idle => {}
             End::Refused(e) => {
-                tracing::warn!(node = %node.addr, user = self.creds.as_ref().map_or("(slotmux)", |c| c.user_name()), error = %e, "backend refused the credentials");
+                tracing::warn!(node = %node.addr, user = self.creds.as_ref().map_or("(slotmux)", |c| c.user_name()), error = %e, "backend refused the connection's setup (credentials, or CLIENT TRACKING for this user)");
             }
             End::ConnectFailed(e) => {
                 node.health().failed();
@@ -615,16 +630,13 @@ impl Link {
                 node.report_failure();
             }
             End::Broken(e) => {
-                gauge.dec();
                 tracing::warn!(node = %node.addr, error = %e, "backend connection broken");
                 node.report_failure();
             }
             End::Abandoned(why) => {
-                gauge.dec();
                 tracing::info!(node = %node.addr, why, "tracking connection closed");
             }
             End::Timeout => {
-                gauge.dec();
                 tracing::warn!(node = %node.addr, "backend reply timeout; connection dropped");
                 node.report_failure();
             }
@@ -688,6 +700,7 @@ async fn run(link: Rc<Link>) {
                 }
             }
             link.gauge().inc();
+            link.st.borrow_mut().counted = true;
             if link.node.health().failures() > 0 {
                 tracing::info!(node = %link.node.addr, "backend reachable again");
             }
@@ -806,10 +819,21 @@ async fn forward_pushes(mut stream: super::connect::NodeStream, tag: u64, to: &R
 
 /// A link owned by one session (dedicated or pub/sub): closes when dropped. Or one lent to
 /// a use of the session's that ends before the link does (a tracking client's WATCH on its
-/// tracked link): dropping it sends a frame that undoes that use (UNWATCH) instead.
+/// tracked link): dropping it sends a frame that undoes that use (UNWATCH), or nothing.
 pub struct OwnedLink {
     link: Rc<Link>,
-    release: Option<&'static [u8]>,
+    release: Release,
+}
+
+/// What dropping an [`OwnedLink`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Closes the link (its owner's): the default.
+    Retire,
+    /// Sends this frame on it and leaves it open (lent).
+    Send(&'static [u8]),
+    /// Leaves it open (lent, nothing to undo).
+    Nothing,
 }
 
 impl OwnedLink {
@@ -821,7 +845,7 @@ impl OwnedLink {
     ) -> OwnedLink {
         OwnedLink {
             link: Link::open_as(node, proto, kind, creds),
-            release: None,
+            release: Release::Retire,
         }
     }
 
@@ -829,12 +853,21 @@ impl OwnedLink {
     pub fn lent(link: Rc<Link>, release: &'static [u8]) -> OwnedLink {
         OwnedLink {
             link,
-            release: Some(release),
+            release: Release::Send(release),
         }
     }
 
     pub fn link(&self) -> &Rc<Link> {
         &self.link
+    }
+
+    pub fn release(&self) -> Release {
+        self.release
+    }
+
+    /// Changes what dropping it does (the link changes hands).
+    pub fn set_release(&mut self, r: Release) {
+        self.release = r;
     }
 }
 
@@ -848,10 +881,11 @@ impl std::ops::Deref for OwnedLink {
 impl Drop for OwnedLink {
     fn drop(&mut self) {
         match self.release {
-            None => self.link.retire(),
-            Some(frame) => {
+            Release::Retire => self.link.retire(),
+            Release::Send(frame) => {
                 let _ = self.link.send_silent(frame);
             }
+            Release::Nothing => {}
         }
     }
 }

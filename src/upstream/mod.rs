@@ -14,7 +14,7 @@ pub mod node;
 use bytes::Bytes;
 use std::fmt;
 
-pub use link::{Inbox, Link, LinkKind, OwnedLink, Signal, Tracked};
+pub use link::{Inbox, Link, LinkKind, OwnedLink, Release, Signal, Tracked};
 pub use node::{Node, Registry};
 
 /// The answer to one request, delivered into the inbox of the session that sent it.

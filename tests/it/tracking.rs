@@ -281,6 +281,14 @@ fn a_tracked_key_whose_slot_moves_is_invalidated_and_tracked_where_it_went() {
     );
     // Read again through ASK: now the importing node tracks it for this client.
     assert_eq!(ask(&mut r, &["GET", a]), "$1\r\n1\r\n");
+    // An OPTIN read through ASK cannot carry CLIENT CACHING (the node forgets it after
+    // ASKING): that client is told to drop everything, after its reply.
+    let mut o = p.raw();
+    hello3(&mut o);
+    ask(&mut o, &["CLIENT", "TRACKING", "on", "OPTIN"]);
+    ask(&mut o, &["CLIENT", "CACHING", "yes"]);
+    assert_eq!(ask(&mut o, &["GET", a]), "$1\r\n1\r\n");
+    assert_eq!(invalidated_keys(&read_reply_string(&mut o)), None);
     ask(&mut w, &["SET", a, "2"]);
     assert_eq!(
         invalidated_keys(&read_reply_string(&mut r)),
@@ -371,4 +379,67 @@ fn tracking_clients_are_bounded() {
         std::time::Duration::from_secs(10),
         || ask(&mut a, &["CLIENT", "TRACKING", "on"]) == "+OK\r\n",
     );
+}
+
+/// CLIENT TRACKING moves a client's commands between the shared links and its own: what it
+/// sent before is answered first, in order, and nothing is lost.
+#[test]
+fn switching_tracking_on_and_off_keeps_pipelined_order() {
+    let p = Proxy::for_cluster(cluster());
+    let mut r = p.raw();
+    hello3(&mut r);
+    let k = "{trk-order}k";
+    let mut req = Vec::new();
+    for i in 0..20 {
+        let v = i.to_string();
+        req.extend(encode(&["SET", k, &v]));
+        req.extend(encode(&[
+            "CLIENT",
+            "TRACKING",
+            if i % 2 == 0 { "on" } else { "off" },
+        ]));
+        req.extend(encode(&["GET", k]));
+    }
+    r.write_all(&req).unwrap();
+    // Its own SETs invalidate what it read while tracking: pushes, skipped here.
+    let mut reply = || loop {
+        let f = read_reply_string(&mut r);
+        if !f.starts_with('>') {
+            return f;
+        }
+    };
+    for i in 0..20 {
+        assert_eq!(reply(), "+OK\r\n", "SET {i}");
+        assert_eq!(reply(), "+OK\r\n", "TRACKING {i}");
+        let v = i.to_string();
+        assert_eq!(
+            reply(),
+            format!("${}\r\n{v}\r\n", v.len()),
+            "GET {i} sees the SET before it"
+        );
+    }
+}
+
+/// A WATCH pipelined behind an EXEC on the same tracked connection still holds.
+#[test]
+fn a_watch_pipelined_after_exec_on_a_tracked_link_holds() {
+    let p = Proxy::for_cluster(cluster());
+    let mut w = p.raw();
+    let mut r = p.raw();
+    hello3(&mut r);
+    ask(&mut r, &["CLIENT", "TRACKING", "on"]);
+    let (k1, k2) = ("{trk-wx}1", "{trk-wx}2");
+    ask(&mut r, &["WATCH", k1]);
+    ask(&mut r, &["MULTI"]);
+    ask(&mut r, &["SET", k1, "a"]);
+    let mut req = encode(&["EXEC"]);
+    req.extend(encode(&["WATCH", k2]));
+    r.write_all(&req).unwrap();
+    assert_eq!(read_reply_string(&mut r), "*1\r\n+OK\r\n");
+    assert_eq!(read_reply_string(&mut r), "+OK\r\n");
+    ask(&mut w, &["SET", k2, "changed"]);
+    ask(&mut r, &["MULTI"]);
+    ask(&mut r, &["SET", k2, "mine"]);
+    assert_eq!(ask(&mut r, &["EXEC"]), "_\r\n", "the watch on k2 aborts");
+    assert_eq!(ask(&mut w, &["GET", k2]), "$7\r\nchanged\r\n");
 }

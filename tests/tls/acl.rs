@@ -250,19 +250,23 @@ fn a_tracking_client_that_changes_user_reads_as_the_new_user() {
     };
     assert!(ask(&mut t, &["HELLO", "3"]).starts_with('%'));
     assert_eq!(ask(&mut t, &["CLIENT", "TRACKING", "on"]), "+OK\r\n");
-    assert_eq!(ask(&mut t, &["AUTH", "admin", "admin-secret"]), "+OK\r\n");
+    // Each AUTH as another user: its +OK and an invalidation of everything (the tracked
+    // connection CLIENT TRACKING opened, then the one the GET used, were the old user's).
+    let auth = |t: &mut std::net::TcpStream, user: &str, pass: &str| {
+        t.write_all(&encode(&["AUTH", user, pass])).unwrap();
+        let mut two = [read_reply_string(t), read_reply_string(t)];
+        two.sort();
+        assert_eq!(
+            two,
+            [
+                "+OK\r\n".to_string(),
+                ">2\r\n$10\r\ninvalidate\r\n_\r\n".to_string()
+            ]
+        );
+    };
+    auth(&mut t, "admin", "admin-secret");
     assert!(ask(&mut t, &["GET", "other:trk"]).starts_with(['$', '_']));
-    t.write_all(&encode(&["AUTH", "app", "app-secret"]))
-        .unwrap();
-    let mut two = [read_reply_string(&mut t), read_reply_string(&mut t)];
-    two.sort();
-    assert_eq!(
-        two,
-        [
-            "+OK\r\n".to_string(),
-            ">2\r\n$10\r\ninvalidate\r\n_\r\n".to_string()
-        ]
-    );
+    auth(&mut t, "app", "app-secret");
     let r = ask(&mut t, &["GET", "other:trk"]);
     assert!(r.starts_with("-NOPERM"), "{r}");
     assert!(ask(&mut t, &["GET", "app:trk"]).starts_with(['$', '_']));
@@ -292,6 +296,31 @@ fn a_tracking_client_that_changes_user_reads_as_the_new_user() {
         "{e}"
     );
     assert_eq!(ask(&mut r, &["CLIENT", "GETREDIR"]), ":-1\r\n");
+    let e = ask(&mut r, &["CLIENT", "TRACKING", "on"]);
+    assert!(e.starts_with("-NOPERM"), "in the default mode too: {e}");
     assert!(ask(&mut r, &["GET", "app:trk"]).starts_with('$'));
     assert_eq!(p.metric("slotmux_masters_unreachable"), 0.0);
+
+    // A tracking client of a user that leaves does not make the client it redirects to drop
+    // its cache.
+    let mut red = p.raw();
+    let red_id = ask(&mut red, &["CLIENT", "ID"]).trim()[1..].to_string();
+    ask(&mut red, &["SUBSCRIBE", "__redis__:invalidate"]);
+    let mut leaver = p.raw();
+    assert_eq!(ask(&mut leaver, &["AUTH", "app", "app-secret"]), "+OK\r\n");
+    assert_eq!(
+        ask(
+            &mut leaver,
+            &["CLIENT", "TRACKING", "on", "REDIRECT", &red_id]
+        ),
+        "+OK\r\n"
+    );
+    assert!(ask(&mut leaver, &["GET", "app:trk"]).starts_with('$'));
+    drop(leaver);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ask(&mut red, &["PING"]),
+        "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+        "nothing came before the PING's reply"
+    );
 }
