@@ -112,11 +112,8 @@ impl Session {
             }
             return;
         }
-        let e = ProxyError::Unreachable(node.addr.clone());
-        self.shared
-            .cluster
-            .request_refresh(RefreshReason::NodeFailure);
-        self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
+        let addr = node.addr.clone();
+        self.retry_unreachable(tag, addr);
     }
 
     /// A tracking client's keyed request: on its own link to `node`, where the node tracks
@@ -143,7 +140,12 @@ impl Session {
                 return;
             }
         }
-        let e = ProxyError::Unreachable(node.addr.clone());
+        self.retry_unreachable(tag, node.addr.clone());
+    }
+
+    /// The node could not take the request: refresh the map, retry within the budget.
+    fn retry_unreachable(&mut self, tag: u64, addr: Arc<str>) {
+        let e = ProxyError::Unreachable(addr);
         self.shared
             .cluster
             .request_refresh(RefreshReason::NodeFailure);
@@ -228,11 +230,7 @@ impl Session {
             }
             None => {
                 drop(permit);
-                let e = ProxyError::Unreachable(node.addr.clone());
-                self.shared
-                    .cluster
-                    .request_refresh(RefreshReason::NodeFailure);
-                self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
+                self.retry_unreachable(tag, node.addr.clone());
             }
         }
     }
@@ -298,11 +296,7 @@ impl Session {
                 },
             };
             if !self.open_watch(node.clone(), ask) {
-                let e = ProxyError::Unreachable(node.addr.clone());
-                self.shared
-                    .cluster
-                    .request_refresh(RefreshReason::NodeFailure);
-                return self.retry_later(tag, e.frame(), e.outcome(), RetryReason::Unreachable);
+                return self.retry_unreachable(tag, node.addr.clone());
             }
         }
         let (Some(f), Some(w)) = (self.queue.flight_mut(tag), &mut self.watch) else {
