@@ -188,6 +188,14 @@ for i in 0 1 2 3 4 5; do if [[ "$(role_of "${PORTS[$i]}")" == master ]]; then m=
 for _i in $(seq 1 40); do # its replica must be linked before a coordinated failover
     cli "${PORTS[$m]}" INFO replication | grep '^slave0:.*state=online' > /dev/null && break; sleep 0.5
 done
+# ... and healthy in the master's CLUSTER NODES, which is what prestop.sh reads: the cluster
+# bus may see it a moment after replication does (seen once in CI: "no healthy replica").
+m_id="$(cli "${PORTS[$m]}" CLUSTER MYID)"
+for _i in $(seq 1 40); do
+    nodes="$(cli "${PORTS[$m]}" CLUSTER NODES)"
+    awk -v me="$m_id" '$4 == me && ("," $3 ",") ~ /,slave,/ && $3 !~ /fail|noaddr|handshake/ && $8 == "connected" { found = 1 } END { exit !found }' <<< "$nodes" && break
+    sleep 0.5
+done
 HOSTNAME="redis-$m" REDIS_PORT="${PORTS[$m]}" bash "$redis_dir/prestop.sh" > "$work/prestop.log" 2>&1 || true
 if [[ "$(role_of "${PORTS[$m]}")" == slave ]] && grep -q 'handover done' "$work/prestop.log"; then
     ok "prestop.sh: master redis-$m handed over to its replica over TLS"
