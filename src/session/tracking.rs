@@ -591,16 +591,16 @@ impl Session {
         let Some(mut t) = self.tracking.take() else {
             return;
         };
-        if t.links.is_empty() {
-            self.tracking = Some(t);
-            return;
+        let had_links = !t.links.is_empty();
+        if had_links {
+            self.keep_watch_link(&mut t);
+            t.links.clear();
+            t.seen_topology = 0;
         }
-        self.keep_watch_link(&mut t);
-        t.links.clear();
         self.tracking = Some(t);
-        let Some(t) = &mut self.tracking else { return };
-        t.seen_topology = 0;
-        self.send_invalidation(Bytes::from_static(RESP3_NULL));
+        if had_links {
+            self.send_invalidation(Bytes::from_static(RESP3_NULL));
+        }
     }
 
     /// HELLO changed the protocol: the tracked links follow (they keep what they track).

@@ -316,8 +316,15 @@ fn a_tracking_client_that_changes_user_reads_as_the_new_user() {
         "+OK\r\n"
     );
     assert!(ask(&mut leaver, &["GET", "app:trk"]).starts_with('$'));
+    let leaver_id = ask(&mut leaver, &["CLIENT", "ID"]).trim()[1..].to_string();
     drop(leaver);
-    std::thread::sleep(Duration::from_millis(300));
+    // Its session has ended (whatever it sent at its end was sent) once it leaves CLIENT LIST.
+    let mut other = p.raw();
+    wait_until(
+        "the leaving client to be gone",
+        Duration::from_secs(10),
+        || !ask(&mut other, &["CLIENT", "LIST"]).contains(&format!("id={leaver_id} ")),
+    );
     assert_eq!(
         ask(&mut red, &["PING"]),
         "*2\r\n$4\r\npong\r\n$0\r\n\r\n",

@@ -34,9 +34,11 @@ impl Certs {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` with the argument groups `parts`, one after the other.
+fn openssl(dir: &Path, parts: &[&[&str]]) {
+    let args = parts.concat();
     let out = Command::new("openssl")
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .output()
         .expect("run openssl");
@@ -62,26 +64,22 @@ pub fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            NEW_KEY[0],
-            NEW_KEY[1],
-            NEW_KEY[2],
-            NEW_KEY[3],
-            NEW_KEY[4],
-            NEW_KEY[5],
-            "-keyout",
-            &format!("{name}-ca.key"),
-            "-out",
-            &format!("{name}-ca.crt"),
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={name} test CA"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
+            &["req", "-x509"],
+            &NEW_KEY,
+            &[
+                "-keyout",
+                &format!("{name}-ca.key"),
+                "-out",
+                &format!("{name}-ca.crt"),
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
         ],
     );
 }
@@ -99,24 +97,21 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, san: &str) {
     openssl(
         dir,
         &[
-            "req",
-            NEW_KEY[0],
-            NEW_KEY[1],
-            NEW_KEY[2],
-            NEW_KEY[3],
-            NEW_KEY[4],
-            NEW_KEY[5],
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
+            &["req"],
+            &NEW_KEY,
+            &[
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
         ],
     );
     openssl(
         dir,
-        &[
+        &[&[
             "x509",
             "-req",
             "-in",
@@ -132,7 +127,7 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, san: &str) {
             "30",
             "-extfile",
             &format!("{name}.ext"),
-        ],
+        ]],
     );
 }
 
